@@ -1,0 +1,38 @@
+# The two commands: `make run` (serve on 127.0.0.1:8000) and `make test` (lint + tests).
+# Both create .venv and install what they need. GPU users: `make install TORCH=torch` in a venv
+# where the CUDA build of torch is wanted (see README).
+
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: install run test lint tools bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	GPT2_LOG_FORMAT=$${GPT2_LOG_FORMAT:-text} $(VENV)/bin/gpt2-serve serve
+
+tools:
+	scripts/install-tools.sh
+
+lint: install tools
+	$(VENV)/bin/ruff check app tests bench
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/lint-deploy.sh
+
+test: lint
+	HF_HUB_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,86 @@
+"""Token ids -> the text of one choice, released safely piece by piece.
+
+Byte-level BPE tokens can hold part of a UTF-8 character, and a stop string can span tokens.
+So text is released only when it is whole characters and cannot be the start of a stop string;
+a stop string found anywhere ends the choice there, the stop text itself left out.
+"""
+
+import codecs
+from dataclasses import dataclass
+
+from app.engine.sequence import TokenLogprob
+from app.model.tokenizer import Tokenizer
+
+
+@dataclass
+class TokenEntry:
+    """One token for `logprobs`: its text, logprob, alternatives and offset in the choice text."""
+
+    token: str
+    logprob: float | None
+    top: dict[str, float] | None
+    offset: int
+
+
+class ChoiceText:
+    def __init__(self, tokenizer: Tokenizer, stop: list[str], prefix: str = ""):
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.text = prefix  # everything decoded so far (cut at a stop string once found)
+        self.released = 0  # characters of `text` handed out already
+        self.stopped = False  # a stop string was found
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._entries: list[TokenEntry] = []
+        self._entries_released = 0
+        self._special = set(tokenizer.hf.all_special_ids)
+
+    def add_prompt(self, token_ids: list[int], logprobs: list[float | None], top: list[dict | None]) -> None:
+        """Echo: the prompt tokens with their scores (None for the first)."""
+        for token_id, lp, alternatives in zip(token_ids, logprobs, top, strict=True):
+            self._add(token_id, lp, alternatives)
+        self.text += self._decoder.decode(b"", final=True)  # the prompt ends on a whole character
+
+    def add(self, token_id: int, logprob: TokenLogprob | None) -> None:
+        """A generated token (ignored once a stop string has ended the choice)."""
+        if self.stopped:
+            return
+        top = None
+        if logprob is not None:
+            top = {self.tokenizer.token_str(t): lp for t, lp in logprob.top}
+        self._add(token_id, logprob.logprob if logprob else None, top)
+        self._find_stop()
+
+    def _add(self, token_id: int, logprob: float | None, top: dict | None) -> None:
+        self._entries.append(TokenEntry(self.tokenizer.token_str(token_id), logprob, top, len(self.text)))
+        if token_id not in self._special:  # <|endoftext|> ends text, it is not part of it
+            self.text += self._decoder.decode(self.tokenizer.token_bytes(token_id))
+
+    def _find_stop(self) -> None:
+        hits = [i for i in (self.text.find(s, self.released) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.stopped = True
+
+    def take(self, final: bool = False) -> tuple[str, list[TokenEntry]]:
+        """Text and token entries that are safe to hand out now; everything left when `final`."""
+        if final and not self.stopped:
+            self.text += self._decoder.decode(b"", final=True)
+        end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
+        piece = self.text[self.released : end]
+        self.released = max(self.released, end)
+        if final or self.stopped:
+            # tokens that start after a stop string's cut are not part of the choice
+            count = len(self._entries) if not self.stopped else sum(e.offset < end for e in self._entries)
+        else:
+            count = sum(e.offset < end for e in self._entries)
+        entries = self._entries[self._entries_released : count]
+        self._entries_released = max(self._entries_released, count)
+        return piece, entries
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the unreleased text that could begin a stop string."""
+        pending = self.text[self.released :]
+        for k in range(min(len(pending), max((len(s) - 1 for s in self.stop), default=0)), 0, -1):
+            if any(s.startswith(pending[-k:]) for s in self.stop):
+                return k
+        return 0

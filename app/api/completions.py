@@ -1,0 +1,241 @@
+"""POST /v1/completions: OpenAI's legacy completions, streamed or whole."""
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from app.api.choice_text import ChoiceText, TokenEntry
+from app.api.deps import ServiceDep, check_model
+from app.api.errors import APIError, error_body
+from app.api.schemas import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    Usage,
+)
+from app.engine.async_engine import EngineDeadError, RequestStream
+from app.engine.engine import InvalidRequestError
+from app.engine.scheduler import QueueFullError
+from app.engine.sequence import FinishReason, RequestOutput
+from app.engine.stats import RequestStats
+from app.service import Service
+
+router = APIRouter(tags=["completions"])
+
+
+@dataclass
+class Choice:
+    """One choice being generated: its engine stream and its text."""
+
+    index: int
+    prompt_ids: list[int]
+    stream: RequestStream
+    text: ChoiceText
+    echo: bool
+    logprobs: bool
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    stats: RequestStats | None = None
+    output: str = ""  # the text so far (non-streaming)
+    entries: list[TokenEntry] = field(default_factory=list)
+
+    def update(self, output: RequestOutput) -> tuple[str, list[TokenEntry]]:
+        """Feed one engine output; return the text and tokens now safe to send."""
+        if output.error:
+            raise APIError(500, f"generation failed: {output.error}", code="engine_error")
+        if output.prompt_scores is not None and self.echo:
+            scores = output.prompt_scores
+            top = [None] + [dict_of(self.text.tokenizer, alts) for alts in scores.top] if self.logprobs else None
+            self.text.add_prompt(self.prompt_ids, [None, *scores.token_logprobs], top or [None] * len(self.prompt_ids))
+        for token_id, logprob in zip(output.token_ids, output.logprobs or [None] * len(output.token_ids), strict=True):
+            self.text.add(token_id, logprob)
+        self.completion_tokens = output.num_output_tokens
+        if self.text.stopped and not output.finished:
+            self.stream.close()  # a stop string ended it: free the slot now
+            self.finish_reason = FinishReason.STOP.value
+        elif output.finished:
+            self.finish_reason = "stop" if output.finish_reason is FinishReason.STOP else "length"
+            self.stats = output.stats
+        return self.text.take(final=self.finish_reason is not None)
+
+
+def dict_of(tokenizer, alternatives: list[tuple[int, float]]) -> dict[str, float]:
+    return {tokenizer.token_str(t): lp for t, lp in alternatives}
+
+
+def logprobs_of(entries: list[TokenEntry]) -> CompletionLogprobs:
+    return CompletionLogprobs(tokens=[e.token for e in entries], token_logprobs=[e.logprob for e in entries],
+                              top_logprobs=[e.top for e in entries], text_offset=[e.offset for e in entries])
+
+
+@router.post("/v1/completions", response_model=CompletionResponse, summary="Complete prompts (OpenAI-compatible)",
+             responses={400: {"description": "invalid field or prompt too long"}, 404: {"description": "unknown model"},
+                        429: {"description": "queue full"}, 503: {"description": "not ready or draining"}})
+async def create_completion(body: CompletionRequest, request: Request, service: ServiceDep):
+    check_model(service, body.model)
+    prompts = tokenize_prompts(service, body)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    choices = submit(service, body, prompts, request_id)
+    request.state.prompt_tokens = sum(map(len, prompts))
+    created = int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(stream_chunks(choices, prompts, request_id, created, service.info.name,
+                                               include_usage, request), media_type="text/event-stream")
+    try:
+        await until_done_or_disconnected(collect(choices), request)
+    finally:
+        for choice in choices:
+            choice.stream.close()
+    response = CompletionResponse(
+        id=request_id, created=created, model=service.info.name,
+        choices=[CompletionChoice(index=c.index, text=c.output,
+                                  logprobs=logprobs_of(c.entries) if body.logprobs is not None else None,
+                                  finish_reason=c.finish_reason) for c in choices],
+        usage=usage(prompts, choices))
+    record(request, choices)
+    return response
+
+
+def tokenize_prompts(service: Service, body: CompletionRequest) -> list[list[int]]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        prompts = [service.tokenizer.encode(prompt)]
+    elif isinstance(prompt[0], str):
+        prompts = [service.tokenizer.encode(p) for p in prompt]
+    elif isinstance(prompt[0], int):
+        prompts = [prompt]
+    else:
+        prompts = prompt
+    for i, ids in enumerate(prompts):
+        if not ids:
+            raise APIError(400, "the prompt is empty" + (f" (prompt {i})" if len(prompts) > 1 else ""), param="prompt")
+    return prompts
+
+
+def submit(service: Service, body: CompletionRequest, prompts: list[list[int]], request_id: str) -> list[Choice]:
+    """Validate every choice first, then queue them all, or none (429 when the queue is full)."""
+    engine = service.engine
+    params = [body.to_sampling_params(j) for j in range(body.n)]
+    try:
+        for ids in prompts:
+            engine.engine.validate(ids, params[0])
+    except InvalidRequestError as exc:
+        raise APIError(400, str(exc), param=exc.param, code="context_length_exceeded"
+                       if exc.param == "max_tokens" else "invalid_value") from exc
+    choices: list[Choice] = []
+    try:
+        for i, ids in enumerate(prompts):
+            prefix = service.tokenizer.decode(ids) if body.echo and body.logprobs is None else ""
+            for j in range(body.n):
+                index = i * body.n + j
+                stream = engine.add_request(f"{request_id}-{index}", ids, params[j])
+                text = ChoiceText(service.tokenizer, body.stop, prefix)
+                choices.append(Choice(index, ids, stream, text, body.echo and body.logprobs is not None,
+                                      body.logprobs is not None))
+    except (QueueFullError, EngineDeadError) as exc:
+        for choice in choices:
+            choice.stream.close()
+        if isinstance(exc, QueueFullError):
+            raise APIError(429, f"the server is at capacity ({exc}); retry later", code="queue_full",
+                           headers={"Retry-After": "1"}) from exc
+        raise APIError(503, str(exc), code="not_ready") from exc
+    return choices
+
+
+async def collect(choices: list[Choice]) -> None:
+    async def one(choice: Choice) -> None:
+        async for output in choice.stream:
+            text, entries = choice.update(output)
+            choice.output += text
+            choice.entries += entries
+            if choice.finish_reason is not None:
+                break
+
+    await asyncio.gather(*(one(c) for c in choices))
+
+
+async def until_done_or_disconnected(work, request: Request) -> None:
+    """Await `work`, but give up (and let the caller abort) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            raise asyncio.CancelledError("client disconnected")
+        task.result()
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def stream_chunks(choices: list[Choice], prompts: list[list[int]], request_id: str, created: int, model: str,
+                        include_usage: bool, request: Request) -> AsyncIterator[str]:
+    """SSE: one chunk per choice per engine step with new text, a final chunk per choice with its
+    finish_reason, optionally a usage chunk, then [DONE]. Closing the generator (the client went
+    away) aborts every unfinished choice."""
+    head = {"id": request_id, "object": "text_completion", "created": created, "model": model}
+    queue: asyncio.Queue[tuple[Choice, RequestOutput] | None] = asyncio.Queue()
+
+    async def pump(choice: Choice) -> None:
+        async for output in choice.stream:
+            queue.put_nowait((choice, output))
+
+    pumps = [asyncio.create_task(pump(c)) for c in choices]
+    unfinished = len(choices)
+    try:
+        while unfinished:
+            choice, output = await queue.get()
+            if choice.finish_reason is not None:
+                continue  # ended by a stop string; the abort's output is not news
+            try:
+                text, entries = choice.update(output)
+            except APIError as exc:  # the engine failed this choice: say so in the stream and end it
+                yield f"data: {json.dumps(error_body(exc.status, exc.message, code=exc.code))}\n\n"
+                break
+            if not text and not entries and choice.finish_reason is None:
+                continue
+            chunk = {**head, "choices": [{
+                "index": choice.index, "text": text,
+                "logprobs": logprobs_of(entries).model_dump() if choice.logprobs else None,
+                "finish_reason": choice.finish_reason}]}
+            if include_usage:
+                chunk["usage"] = None
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            unfinished -= choice.finish_reason is not None
+        if include_usage:
+            yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage(prompts, choices).model_dump()})}\n\n"
+        yield "data: [DONE]\n\n"
+        record(request, choices)
+    finally:
+        for task in pumps:
+            task.cancel()
+        for choice in choices:
+            choice.stream.close()
+
+
+def usage(prompts: list[list[int]], choices: list[Choice]) -> Usage:
+    prompt_tokens = sum(map(len, prompts))
+    completion = sum(c.completion_tokens for c in choices)
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
+
+
+def record(request: Request, choices: list[Choice]) -> None:
+    """Leave what the request log and metrics need on the request state."""
+    request.state.completion_tokens = sum(c.completion_tokens for c in choices)
+    request.state.finish_reasons = [c.finish_reason for c in choices]
+    request.state.engine_stats = [c.stats for c in choices if c.stats is not None]

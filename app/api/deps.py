@@ -1,0 +1,65 @@
+"""What routes depend on: the service (once ready) and the API key check."""
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.api.errors import APIError
+from app.config import Settings
+from app.service import Service
+
+
+@dataclass
+class AppState:
+    """The app's lifecycle: loading -> ready -> draining -> stopped."""
+
+    settings: Settings
+    service: Service | None = None
+    load_error: BaseException | None = None
+    draining: bool = False
+    in_flight: int = 0  # HTTP requests being served (health probes included)
+    on_fatal: Callable[[], None] | None = None  # set by the CLI: stop the server
+    on_ready: list[Callable[[Service], None]] = field(default_factory=list)  # e.g. metrics subscribing
+
+    @property
+    def ready(self) -> bool:
+        return self.service is not None and self.service.engine.is_alive and not self.draining
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.gpt2
+
+
+def get_service(request: Request) -> Service:
+    """The loaded service; 503 while loading or draining, or if the engine loop died."""
+    state: AppState = request.app.state.gpt2
+    if state.draining:
+        raise APIError(503, "the server is shutting down; retry on another replica", code="draining")
+    if state.service is None or not state.service.engine.is_alive:
+        raise APIError(503, "the model is not ready yet", code="not_ready", headers={"Retry-After": "5"})
+    return state.service
+
+
+def check_api_key(request: Request) -> None:
+    """When GPT2_API_KEYS is set, require `Authorization: Bearer <one of them>`."""
+    keys = request.app.state.gpt2.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip().encode()
+    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token, key.encode()) for key in keys):
+        raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def check_model(service: Service, name: str | None) -> None:
+    """404 unless `name` is the served model (its served name or GPT2_MODEL), or omitted."""
+    if name is not None and name not in (service.info.name, service.info.source):
+        raise APIError(404, f"the model {name!r} does not exist; this server serves {service.info.name!r}",
+                       param="model", code="model_not_found")

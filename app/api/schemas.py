@@ -1,0 +1,201 @@
+"""HTTP request and response bodies (OpenAI's legacy completions API, plus extensions).
+
+Pydantic lives here, at the edge; `to_sampling_params()` converts to the engine's dataclass once.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.engine.sequence import SamplingParams
+
+MAX_LOGPROBS = 5  # as OpenAI
+MAX_STOP = 4
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+Prompt = str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(False, description="Send a last chunk with `usage` (and no choices) before [DONE].")
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions. Unknown fields are ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"model": "gpt2", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}]})
+
+    model: str | None = Field(None, description="The served model's name (see GET /v1/models); omit for the default.",
+                              examples=["gpt2"])
+    prompt: Prompt = Field(..., description="A string, a list of strings, a list of token ids, or a list of "
+                           "token-id lists. Each prompt gets `n` choices.", examples=["Once upon a time"])
+    max_tokens: int | None = Field(16, ge=0, description="Most tokens to generate per choice; 0 (with echo) scores "
+                                   "the prompt only. null means 16.", examples=[16])
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.", examples=[0.7])
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the most likely tokens whose "
+                         "probability adds up to top_p.", examples=[0.95])
+    n: int = Field(1, ge=1, le=16, description="Choices per prompt.", examples=[1])
+    best_of: int | None = Field(None, description="Only best_of = n (or null) is supported.", examples=[None])
+    stream: bool = Field(False, description="Stream Server-Sent Events, one chunk per generated token.")
+    stream_options: StreamOptions | None = Field(None, description="Streaming options (include_usage).")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Return the logprob of every returned "
+                                 "token and the `logprobs` most likely alternatives at each position (0-5).",
+                                 examples=[1])
+    echo: bool = Field(False, description="Put the prompt before the completion (with its logprobs when asked; the "
+                       "first prompt token's logprob is null).")
+    stop: str | list[str] | None = Field(None, validate_default=True, examples=[["\n\n"]],
+                                         description="Up to 4 strings that end the completion; the stop string "
+                                         "is not included in the text.")
+    seed: int | None = Field(None, description="Seed for sampling: the same seed gives the same tokens, alone or "
+                             "in any batch.", examples=[42])
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalise tokens that already appeared.")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalise tokens by how often they appeared.")
+    logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) -> bias in [-100, 100] "
+                                                "added to its logit.", examples=[{"50256": -100}])
+    user: str | None = Field(None, description="An end-user id, for your own logs; not used.")
+    suffix: str | None = Field(None, description="Not supported (must be null).")
+    # extensions (vLLM's names)
+    top_k: int = Field(0, ge=-1, description="Keep only the k most likely tokens; 0 or -1 turns it off.")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens less likely than min_p times the most "
+                         "likely one.")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Divide positive (multiply negative) "
+                                      "logits of tokens seen in the prompt or output; 1 is off.")
+    min_tokens: int = Field(0, ge=0, description="Generate at least this many tokens before EOS or a stop token "
+                            "may end the choice.")
+    ignore_eos: bool = Field(False, description="Keep generating after the end-of-text token.")
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings are allowed, got {len(stops)}")
+        if any(s == "" for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias for token {key} must lie in [-100, 100], got {bias}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "CompletionRequest":
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of is not supported unless it equals n")
+        if self.suffix is not None:
+            raise ValueError("suffix is not supported")
+        if self.max_tokens is None:
+            self.max_tokens = 16
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens may be 0 only with echo=true (to score the prompt)")
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        return self
+
+    def to_sampling_params(self, choice: int = 0) -> SamplingParams:
+        """The engine's parameters for choice number `choice` (seeds differ per choice)."""
+        return SamplingParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(self.top_k, 0),
+            min_p=self.min_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            min_tokens=self.min_tokens,
+            seed=None if self.seed is None else self.seed + choice,
+            ignore_eos=self.ignore_eos,
+            logprobs=self.logprobs,
+            prompt_logprobs=self.logprobs if self.echo else None,
+        )
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list, description="Each returned token's text (`bytes:\\xNN` for "
+                              "part of a UTF-8 character).")
+    token_logprobs: list[float | None] = Field(default_factory=list, description="Each token's logprob; null for "
+                                               "the first prompt token.")
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list, description="The most likely "
+                                                        "alternatives at each position.")
+    text_offset: list[int] = Field(default_factory=list, description="Character offset of each token in `text`.")
+
+
+class CompletionChoice(BaseModel):
+    index: int = Field(..., description="prompt index * n + choice number, as OpenAI numbers them.")
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = Field(None, description="stop: EOS or a stop string; "
+                                                            "length: max_tokens or the context is full.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class TokenizeRequest(BaseModel):
+    model: str | None = Field(None, description="The served model's name; optional.")
+    prompt: str = Field(..., description="Text to tokenize.", examples=["Hello world"])
+    add_special_tokens: bool = Field(False, description="GPT-2 adds none; accepted for compatibility.")
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int] = Field(..., examples=[[15496, 995]])
+    count: int = Field(..., examples=[2])
+    max_model_len: int = Field(..., examples=[1024])
+
+
+class DetokenizeRequest(BaseModel):
+    model: str | None = Field(None, description="The served model's name; optional.")
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(..., description="Token ids.", examples=[[15496, 995]])
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str = Field(..., examples=["Hello world"])
+
+
+class TokenizerInfo(BaseModel):
+    tokenizer_class: str = Field(..., examples=["GPT2TokenizerFast"])
+    eos_token: str | None = Field(..., examples=["<|endoftext|>"])
+    eos_token_id: int | None = Field(..., examples=[50256])
+    bos_token: str | None = Field(..., examples=["<|endoftext|>"])
+    pad_token: str | None = Field(..., examples=[None])
+    vocab_size: int = Field(..., examples=[50257])
+    model_max_length: int = Field(..., examples=[1024])
+
+
+class ModelCard(BaseModel):
+    id: str = Field(..., examples=["gpt2"])
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "gpt2-serve"
+    root: str = Field(..., description="GPT2_MODEL: the hub id or directory it was loaded from.")
+    max_model_len: int
+    device: str
+    dtype: str
+    load_format: str = Field(..., description="`dummy` means RANDOM weights: outputs are meaningless.")
+    num_parameters: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

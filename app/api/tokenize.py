@@ -1,0 +1,40 @@
+"""Tokenizer endpoints, in the shapes vLLM serves and lm-evaluation-harness's remote tokenizer reads."""
+
+from fastapi import APIRouter
+
+from app.api.deps import ServiceDep, check_model
+from app.api.errors import APIError
+from app.api.schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
+)
+
+router = APIRouter(tags=["tokenizer"])
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, summary="Text -> GPT-2 token ids")
+async def tokenize(body: TokenizeRequest, service: ServiceDep) -> TokenizeResponse:
+    check_model(service, body.model)
+    tokens = service.tokenizer.encode(body.prompt)
+    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=service.info.max_model_len)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, summary="Token ids -> text")
+async def detokenize(body: DetokenizeRequest, service: ServiceDep) -> DetokenizeResponse:
+    check_model(service, body.model)
+    vocab = service.tokenizer.vocab_size
+    bad = next((t for t in body.tokens if t >= vocab), None)
+    if bad is not None:
+        raise APIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param="tokens")
+    return DetokenizeResponse(prompt=service.tokenizer.decode(body.tokens))
+
+
+@router.get("/tokenizer_info", response_model=TokenizerInfo, summary="Special tokens and sizes of the tokenizer")
+async def tokenizer_info(service: ServiceDep) -> TokenizerInfo:
+    tok = service.tokenizer
+    return TokenizerInfo(tokenizer_class=type(tok.hf).__name__, eos_token=tok.eos_token, eos_token_id=tok.eos_token_id,
+                         bos_token=tok.bos_token, pad_token=tok.hf.pad_token, vocab_size=tok.vocab_size,
+                         model_max_length=service.info.max_model_len)

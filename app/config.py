@@ -1,0 +1,63 @@
+"""One Settings object for the whole service, read from GPT2_* environment variables."""
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of gpt2-serve. Built in create_app()/the CLI, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="GPT2_", env_file=None, extra="ignore")
+
+    # --- model -------------------------------------------------------------------------------
+    model: str = Field("gpt2", description="Hub id (gpt2, gpt2-medium, distilgpt2, ...) or a local "
+                       "Hugging Face directory (config.json + weights + tokenizer files).")
+    served_model_name: str | None = Field(None, description="Name clients pass as `model`; "
+                                          "defaults to GPT2_MODEL.")
+    load_format: Literal["auto", "dummy"] = Field("auto", description="`dummy`: random weights with "
+                                                  "the model's real shapes, no download; outputs "
+                                                  "are meaningless.")
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 (or float16) on a GPU, float32 on CPU.")
+    seed: int = Field(0, description="Seed of the engine's generator for unseeded sampled requests.")
+
+    # --- engine ------------------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, description="Sequences running at once (KV-cache slots).")
+    max_num_batched_tokens: int = Field(2048, ge=1, description="Tokens per engine step (decodes + "
+                                        "prefill chunks); long prompts are prefilled in chunks.")
+    max_model_len: int | None = Field(None, ge=1, description="Longest prompt + completion; "
+                                      "defaults to the model's n_positions (1024 for GPT-2).")
+    max_queue: int = Field(256, ge=0, description="Requests waiting for a slot; beyond it new "
+                           "requests get 429.")
+
+    # --- HTTP --------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated Bearer keys; empty means no auth.")
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body "
+                                   "accepted (413 beyond).")
+    drain_timeout: float = Field(30.0, ge=0, description="Seconds admitted requests get to finish "
+                                 "after SIGTERM before the process exits.")
+
+    # --- observability -----------------------------------------------------------------------
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line; "
+                                                "text: for a terminal.")
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_prompts: bool = Field(False, description="Include prompt text in request logs.")
+    metrics: bool = Field(True, description="Record Prometheus metrics from engine stats.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def model_name(self) -> str:
+        """The name the API serves the model under."""
+        return self.served_model_name or self.model

@@ -1,0 +1,138 @@
+"""What the engine knows about a request: its parameters, its state, and what it emits."""
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from app.engine.stats import RequestStats
+
+
+@dataclass
+class SamplingParams:
+    """How to continue one prompt. The HTTP layer converts its schemas into this, once."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means off
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: the sampled token's logprob and the top k
+    prompt_logprobs: int | None = None  # None: none; k: score every prompt token, with the top k
+    prompt_stats: bool = False  # with prompt_logprobs: entropy and variance of log p per position
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # EOS or a stop token (the API also uses it for stop strings)
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # the client went away or asked
+    ERROR = "error"  # the step that ran it failed
+
+
+@dataclass
+class TokenLogprob:
+    """The logprob of one chosen token and, when asked, the top alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    rank: int  # 1-based; ties count in the token's favour
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class PromptScores:
+    """Scores of prompt tokens 1..n-1, each given the tokens before it (position 0 has none).
+
+    Lists are aligned: entry i is about prompt token i + 1."""
+
+    token_logprobs: list[float] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)  # H(p) of the model's distribution
+    logprob_variance: list[float] = field(default_factory=list)  # Var_{x~p}[log p(x)]
+
+    def extend(self, other: "PromptScores") -> None:
+        for name in ("token_logprobs", "ranks", "top", "entropy", "logprob_variance"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+@dataclass
+class RequestOutput:
+    """What one engine step produced for one request: zero or one new token, plus, when the
+    prompt has just been scored, its scores; `finish_reason` is set on the last output."""
+
+    request_id: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_scores: PromptScores | None = None
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0  # total so far
+    stats: RequestStats | None = None  # on the last output
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Status(enum.Enum):
+    WAITING = enum.auto()
+    RUNNING = enum.auto()
+    FINISHED = enum.auto()
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One prompt being continued. Tokens 0..num_computed-1 have their keys in the cache."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    output_token_ids: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    slot: int | None = None
+    num_computed: int = 0
+    finish_reason: FinishReason | None = None
+    prompt_scores: PromptScores | None = None  # filled chunk by chunk during prefill
+    # timings (time.perf_counter) for stats
+    arrival_time: float = field(default_factory=time.perf_counter)
+    scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    stats: RequestStats | None = None  # once finished
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.num_computed < self.num_prompt_tokens
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
+
+    def token_id(self, i: int) -> int:
+        n = len(self.prompt_token_ids)
+        return self.prompt_token_ids[i] if i < n else self.output_token_ids[i - n]

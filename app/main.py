@@ -1,0 +1,71 @@
+"""The FastAPI application: create_app(settings) and the lifespan that owns the engine.
+
+The model loads in the background after the server starts listening, so /healthz answers at
+once and /readyz says 503 until the model is loaded, warmed up and the engine loop runs.
+"""
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from app import __version__
+from app.api import completions, health, models, tokenize
+from app.api.context import RequestContextMiddleware
+from app.api.deps import AppState, check_api_key
+from app.api.errors import install_error_handlers
+from app.config import Settings
+from app.engine.async_engine import AsyncEngine
+from app.metrics import install_metrics
+from app.service import Service, build_engine
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """OpenAI-compatible completions and log-probability scoring for GPT-2 models,
+served from one continuous-batching engine."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(title="gpt2-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.gpt2 = AppState(settings)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    guarded = [Depends(check_api_key)]
+    app.include_router(models.router, dependencies=guarded)
+    app.include_router(completions.router, dependencies=guarded)
+    app.include_router(tokenize.router, dependencies=guarded)
+    install_metrics(app)
+    app.add_middleware(RequestContextMiddleware, state=app.state.gpt2)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    state: AppState = app.state.gpt2
+    loading = asyncio.create_task(load_service(state))
+    try:
+        yield
+    finally:
+        loading.cancel()
+        if state.service is not None:
+            state.service.engine.stop()
+
+
+async def load_service(state: AppState) -> None:
+    """Build the engine off the event loop, then start its loop thread on this one."""
+    try:
+        engine, tokenizer, info = await asyncio.to_thread(build_engine, state.settings)
+    except Exception as exc:
+        state.load_error = exc
+        log.critical("start-up failed: %s", exc, exc_info=not isinstance(exc, (OSError, RuntimeError)))
+        if state.on_fatal is not None:
+            state.on_fatal()
+        return
+    async_engine = AsyncEngine(engine)
+    async_engine.start()
+    state.service = Service(state.settings, info, tokenizer, async_engine)
+    for hook in state.on_ready:
+        hook(state.service)
+    log.info("ready: serving %s", info.name)

@@ -1,0 +1,128 @@
+"""Runs one scheduled step on the model: packs the batch, runs the forward, samples, scores."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from app.engine.scheduler import SchedulerOutput
+from app.engine.sequence import PromptScores, SamplingParams, Sequence, TokenLogprob
+from app.model.gpt2 import GPT2, AttentionPlan, KVCache, Prefill
+from app.model.sampling import Sampler, score_tokens
+
+# prompt positions scored per lm_head call: bounds the [rows, V] float32 logits held at once
+SCORE_ROWS = 256
+
+
+@dataclass
+class SequenceResult:
+    """What one step computed for one scheduled sequence."""
+
+    token_id: int | None = None  # sampled when the sequence's prompt is done and it generates
+    logprob: TokenLogprob | None = None
+    prompt_scores: PromptScores | None = None  # for the prompt tokens this chunk predicted
+
+
+class ModelRunner:
+    """Owns the model, its KV cache (one slot per running sequence) and the sampler."""
+
+    def __init__(self, model: GPT2, num_slots: int, max_len: int, eos_token_id: int | None, seed: int = 0):
+        param = next(model.parameters())
+        self.model = model.eval()
+        self.device, self.dtype = param.device, param.dtype
+        self.cache = KVCache(model.config, num_slots, max_len, self.device, self.dtype)
+        self.sampler = Sampler(eos_token_id, seed)
+
+    @torch.inference_mode()
+    def execute(self, batch: SchedulerOutput) -> list[SequenceResult]:
+        """Compute one step. Returns one result per decode, then one per prefill chunk."""
+        chunks = [(seq, 1) for seq in batch.decodes] + batch.prefills
+        ids, positions, slots = [], [], []
+        samplers: list[tuple[int, Sequence]] = []  # (packed row, sequence) of rows to sample from
+        spans: list[tuple[int, int, int]] = []  # (chunk index, packed row, count) of rows to score
+        for i, (seq, n) in enumerate(chunks):
+            start, row = seq.num_computed, len(ids)
+            ids += seq.prompt_token_ids[start : start + n] if seq.in_prefill else [seq.last_token_id]
+            positions += range(start, start + n)
+            slots += [seq.slot] * n
+            if not seq.in_prefill or (start + n == seq.num_prompt_tokens and seq.params.max_tokens):
+                samplers.append((row + n - 1, seq))
+            if seq.in_prefill and seq.params.prompt_logprobs is not None:
+                # position p predicts prompt token p + 1
+                count = min(n, seq.num_prompt_tokens - 1 - start)
+                if count > 0:
+                    spans.append((i, row, count))
+
+        sample_rows = [row for row, _ in samplers]
+        score_rows = [r for _, row, count in spans for r in range(row, row + count)]
+        dev = self.device
+        hidden = self.model(
+            torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), torch.tensor(slots, device=dev),
+            self._plan(batch), self.cache, torch.tensor(sample_rows + score_rows, device=dev, dtype=torch.long))
+
+        results = [SequenceResult() for _ in chunks]
+        if samplers:
+            seqs = [seq for _, seq in samplers]
+            tokens, logprobs = self.sampler.sample(self.model.logits(hidden[: len(samplers)]), seqs)
+            by_seq = {id(seq): (t, lp) for seq, t, lp in zip(seqs, tokens, logprobs, strict=True)}
+            for (seq, _), result in zip(chunks, results, strict=True):
+                if id(seq) in by_seq:
+                    result.token_id, result.logprob = by_seq[id(seq)]
+        offset = len(samplers)
+        for i, _, count in spans:
+            seq = chunks[i][0]
+            start = seq.num_computed + 1
+            targets = seq.prompt_token_ids[start : start + count]
+            results[i].prompt_scores = self._score(hidden[offset : offset + count], targets, seq)
+            offset += count
+        return results
+
+    def _plan(self, batch: SchedulerOutput) -> AttentionPlan:
+        prefills, start = [], len(batch.decodes)
+        for seq, n in batch.prefills:
+            prefills.append(Prefill(start, n, seq.slot, seq.num_computed))
+            start += n
+        plan = AttentionPlan(num_decode=len(batch.decodes), prefills=tuple(prefills))
+        if batch.decodes:
+            # decodes read keys in place from the slot range they span (see attend_decodes)
+            slots = [seq.slot for seq in batch.decodes]
+            lo, hi = min(slots), max(slots) + 1
+            rows = torch.tensor(slots) - lo
+            last = torch.zeros(hi - lo, dtype=torch.long)  # rows without a decode look at position 0
+            last[rows] = torch.tensor([seq.num_computed for seq in batch.decodes])
+            span = int(last.max()) + 1
+            blocked = torch.arange(span) > last.unsqueeze(1)  # [R, span]
+            plan.slot_lo = lo
+            plan.decode_rows = rows.to(self.device)
+            plan.decode_blocked = blocked[:, None, None, :].to(self.device)
+        return plan
+
+    def _score(self, hidden: Tensor, targets: list[int], seq: Sequence) -> PromptScores:
+        """Score `targets` given hidden states [n, C] of the positions before each."""
+        k = seq.params.prompt_logprobs
+        scores = PromptScores()
+        for s in range(0, len(targets), SCORE_ROWS):
+            logprobs = self.model.logits(hidden[s : s + SCORE_ROWS]).log_softmax(-1)  # [rows, V]
+            block = targets[s : s + SCORE_ROWS]
+            ts = score_tokens(logprobs, torch.tensor(block, device=self.device), k)
+            scores.token_logprobs += ts.logprobs
+            scores.ranks += ts.ranks
+            scores.top += ts.top
+            if seq.params.prompt_stats:
+                probs = logprobs.exp()
+                entropy = -(probs * logprobs).sum(-1)
+                second = (probs * logprobs.square()).sum(-1)
+                scores.entropy += entropy.tolist()
+                scores.logprob_variance += (second - entropy.square()).clamp(min=0).tolist()
+        return scores
+
+    @torch.inference_mode()
+    def warm_up(self, num_tokens: int = 16) -> None:
+        """One prefill and one decode through slot 0, so first requests do not pay for lazy init."""
+        seq = Sequence("warm-up", [0] * num_tokens, SamplingParams(max_tokens=2, temperature=0.0, logprobs=1,
+                                                                  prompt_logprobs=1))
+        seq.slot = 0
+        self.execute(SchedulerOutput(prefills=[(seq, num_tokens)]))
+        seq.num_computed = num_tokens
+        seq.output_token_ids.append(0)
+        self.execute(SchedulerOutput(decodes=[seq]))

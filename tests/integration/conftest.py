@@ -1,0 +1,70 @@
+"""A real server: the app under uvicorn on 127.0.0.1 (an ephemeral port), in a thread of the
+test process, with the tiny model and the real tokenizer."""
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+from openai import OpenAI
+
+from app.config import Settings
+from app.main import create_app
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: object
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def state(self):
+        return self.app.state.gpt2
+
+    @property
+    def engine(self):
+        return self.state.service.engine
+
+    def client(self, **kwargs) -> OpenAI:
+        return OpenAI(base_url=f"{self.url}/v1", api_key=kwargs.pop("api_key", "none"), max_retries=0, **kwargs)
+
+    def http(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def start_server(**overrides) -> LiveServer:
+    settings = Settings(**{"max_batch_size": 16, "max_num_batched_tokens": 256, "max_queue": 64, **overrides})
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    live = LiveServer(f"http://127.0.0.1:{port}", app, server, thread)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{live.url}/readyz", timeout=2).status_code == 200:
+                return live
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    live.stop()
+    raise RuntimeError("the test server did not become ready")
+
+
+@pytest.fixture(scope="session")
+def live(tiny_model_dir):
+    server = start_server(model=tiny_model_dir, served_model_name="tiny-gpt2")
+    yield server
+    server.stop()
