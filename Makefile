@@ -26,7 +26,9 @@ tools:
 
 lint: install tools
 	$(VENV)/bin/ruff check app tests bench
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/lint-deploy.sh
+	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/lint-deploy.sh; rc=$$?; \
+	if [ $$rc -eq 127 ] && [ "$${CI:-}" != true ]; then echo "deploy lint SKIPPED: tools missing (above)"; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi
 
 test: lint
 	HF_HUB_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q

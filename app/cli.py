@@ -9,6 +9,7 @@ import time
 import typer
 import uvicorn
 
+from app.calibrate import calibrate
 from app.config import Settings
 from app.logs import configure_logging
 
@@ -77,6 +78,9 @@ def download() -> None:
     settings = Settings()
     configure_logging(settings)
     print(model_dir(settings.model))
+
+
+cli.command()(calibrate)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app import __version__
-from app.api import completions, health, models, tokenize
+from app.api import completions, health, models, score, tokenize
 from app.api.context import RequestContextMiddleware
 from app.api.deps import AppState, check_api_key
 from app.api.errors import install_error_handlers
@@ -35,9 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     guarded = [Depends(check_api_key)]
     app.include_router(models.router, dependencies=guarded)
     app.include_router(completions.router, dependencies=guarded)
+    app.include_router(score.router, dependencies=guarded)
     app.include_router(tokenize.router, dependencies=guarded)
-    install_metrics(app)
     app.add_middleware(RequestContextMiddleware, state=app.state.gpt2)
+    install_metrics(app)  # outermost: it also sees the 413s answered from Content-Length
     return app
 
 

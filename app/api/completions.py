@@ -50,6 +50,8 @@ class Choice:
         """Feed one engine output; return the text and tokens now safe to send."""
         if output.error:
             raise APIError(500, f"generation failed: {output.error}", code="engine_error")
+        if output.finish_reason is FinishReason.ABORT:  # not by us: the server is stopping
+            raise APIError(503, "the request was cut off: the server is shutting down", code="draining")
         if output.prompt_scores is not None and self.echo:
             scores = output.prompt_scores
             top = [None] + [dict_of(self.text.tokenizer, alts) for alts in scores.top] if self.logprobs else None
@@ -84,6 +86,7 @@ async def create_completion(body: CompletionRequest, request: Request, service: 
     request_id = f"cmpl-{uuid.uuid4().hex}"
     choices = submit(service, body, prompts, request_id)
     request.state.prompt_tokens = sum(map(len, prompts))
+    request.state.prompt_text = body.prompt  # logged only with GPT2_LOG_PROMPTS=true
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

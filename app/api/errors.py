@@ -4,7 +4,9 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    document_errors(app)
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         request.state.error_code = exc.code  # for the request log and the rejection metrics
@@ -80,3 +84,43 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal server error; the request id in X-Request-ID helps find it in the logs")
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(..., description="What is wrong, naming the offending field.")
+    type: str = Field(..., description="invalid_request_error, authentication_error, not_found_error, "
+                      "rate_limit_error, service_unavailable or internal_error.")
+    param: str | None = Field(None, description="The request field at fault, when there is one.")
+    code: str | None = Field(None, description="A stable machine-readable reason, e.g. queue_full.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def document_errors(app: FastAPI) -> None:
+    """OpenAPI as the service behaves: OpenAI-shaped errors, 400 (never 422) for invalid input."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(error_schema.pop("$defs", {}))
+        components["ErrorResponse"] = error_schema
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", {"description": "invalid request"})
+                for status, response in responses.items():
+                    if status[0] in "45":
+                        response["content"] = content
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

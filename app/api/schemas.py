@@ -17,7 +17,8 @@ Prompt = str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = Field(False, description="Send a last chunk with `usage` (and no choices) before [DONE].")
+    include_usage: bool = Field(False, description="Send a last chunk with `usage` (and no choices) before "
+                                "[DONE].", examples=[True])
 
 
 class CompletionRequest(BaseModel):
@@ -37,33 +38,38 @@ class CompletionRequest(BaseModel):
                          "probability adds up to top_p.", examples=[0.95])
     n: int = Field(1, ge=1, le=16, description="Choices per prompt.", examples=[1])
     best_of: int | None = Field(None, description="Only best_of = n (or null) is supported.", examples=[None])
-    stream: bool = Field(False, description="Stream Server-Sent Events, one chunk per generated token.")
-    stream_options: StreamOptions | None = Field(None, description="Streaming options (include_usage).")
+    stream: bool = Field(False, description="Stream Server-Sent Events, one chunk per generated token.",
+                         examples=[False])
+    stream_options: StreamOptions | None = Field(None, description="Streaming options (include_usage).",
+                                                 examples=[{"include_usage": True}])
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Return the logprob of every returned "
                                  "token and the `logprobs` most likely alternatives at each position (0-5).",
                                  examples=[1])
     echo: bool = Field(False, description="Put the prompt before the completion (with its logprobs when asked; the "
-                       "first prompt token's logprob is null).")
+                       "first prompt token's logprob is null).", examples=[False])
     stop: str | list[str] | None = Field(None, validate_default=True, examples=[["\n\n"]],
                                          description="Up to 4 strings that end the completion; the stop string "
                                          "is not included in the text.")
     seed: int | None = Field(None, description="Seed for sampling: the same seed gives the same tokens, alone or "
                              "in any batch.", examples=[42])
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalise tokens that already appeared.")
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalise tokens by how often they appeared.")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalise tokens that already appeared.",
+                                    examples=[0.0])
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalise tokens by how often they "
+                                     "appeared.", examples=[0.0])
     logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) -> bias in [-100, 100] "
                                                 "added to its logit.", examples=[{"50256": -100}])
-    user: str | None = Field(None, description="An end-user id, for your own logs; not used.")
-    suffix: str | None = Field(None, description="Not supported (must be null).")
+    user: str | None = Field(None, description="An end-user id, for your own logs; not used.", examples=["user-1"])
+    suffix: str | None = Field(None, description="Not supported (must be null).", examples=[None])
     # extensions (vLLM's names)
-    top_k: int = Field(0, ge=-1, description="Keep only the k most likely tokens; 0 or -1 turns it off.")
+    top_k: int = Field(0, ge=-1, description="Keep only the k most likely tokens; 0 or -1 turns it off.",
+                       examples=[50])
     min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens less likely than min_p times the most "
-                         "likely one.")
+                         "likely one.", examples=[0.05])
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Divide positive (multiply negative) "
-                                      "logits of tokens seen in the prompt or output; 1 is off.")
+                                      "logits of tokens seen in the prompt or output; 1 is off.", examples=[1.1])
     min_tokens: int = Field(0, ge=0, description="Generate at least this many tokens before EOS or a stop token "
-                            "may end the choice.")
-    ignore_eos: bool = Field(False, description="Keep generating after the end-of-text token.")
+                            "may end the choice.", examples=[0])
+    ignore_eos: bool = Field(False, description="Keep generating after the end-of-text token.", examples=[False])
 
     @field_validator("stop")
     @classmethod
@@ -153,9 +159,10 @@ class CompletionResponse(BaseModel):
 
 
 class TokenizeRequest(BaseModel):
-    model: str | None = Field(None, description="The served model's name; optional.")
+    model: str | None = Field(None, description="The served model's name; optional.", examples=["gpt2"])
     prompt: str = Field(..., description="Text to tokenize.", examples=["Hello world"])
-    add_special_tokens: bool = Field(False, description="GPT-2 adds none; accepted for compatibility.")
+    add_special_tokens: bool = Field(False, description="GPT-2 adds none; accepted for compatibility.",
+                                     examples=[False])
 
 
 class TokenizeResponse(BaseModel):
@@ -165,7 +172,7 @@ class TokenizeResponse(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model: str | None = Field(None, description="The served model's name; optional.")
+    model: str | None = Field(None, description="The served model's name; optional.", examples=["gpt2"])
     tokens: list[Annotated[int, Field(ge=0)]] = Field(..., description="Token ids.", examples=[[15496, 995]])
 
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from app.engine.scheduler import Scheduler, SchedulerOutput
-from app.engine.sequence import FinishReason, RequestOutput, SamplingParams, Sequence
+from app.engine.sequence import FinishReason, PromptScores, RequestOutput, SamplingParams, Sequence
 from app.engine.stats import RequestStats, StepStats
 from app.model.runner import ModelRunner, SequenceResult
 
@@ -52,8 +52,10 @@ class Engine:
         n = len(prompt_token_ids)
         if n == 0:
             raise InvalidRequestError("the prompt is empty", "prompt")
-        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= self.vocab_size:
-            raise InvalidRequestError(f"prompt token ids must lie in [0, {self.vocab_size})", "prompt")
+        bad = next((t for t in prompt_token_ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"prompt token id {bad} is outside the vocabulary [0, {self.vocab_size})",
+                                      "prompt")
         if n + params.max_tokens > self.max_model_len:
             raise InvalidRequestError(
                 f"the prompt has {n} tokens and max_tokens is {params.max_tokens}: together {n + params.max_tokens}, "
@@ -122,6 +124,8 @@ class Engine:
                     seq.prompt_scores.extend(result.prompt_scores)
             if seq.in_prefill:
                 continue
+            if seq.prompt_scores is None and seq.params.prompt_logprobs is not None:
+                seq.prompt_scores = PromptScores()  # a one-token prompt has nothing to score
             if result.token_id is None:  # a prompt-only request: scored, nothing to generate
                 self._finish(seq, FinishReason.LENGTH, now)
                 outputs.append(self._output(seq, prompt_scores=seq.prompt_scores))

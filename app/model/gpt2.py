@@ -9,7 +9,6 @@ Shapes: T packed tokens, C n_embd, H n_head, D head_dim, S cache slots, P n_posi
 V vocab, L n_layer.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +57,7 @@ class AttentionPlan:
     # decodes attend over cache slots [slot_lo, slot_lo + R) and key positions [0, span)
     slot_lo: int = 0
     decode_rows: Tensor | None = None  # [num_decode] row of each decode within the slot range
-    decode_blocked: Tensor | None = None  # [R, 1, 1, span] bool, True = may not attend
+    decode_mask: Tensor | None = None  # [R, 1, 1, span] bool, True = may attend
     prefills: tuple[Prefill, ...] = ()
 
 
@@ -128,20 +127,16 @@ def attend_decodes(q: Tensor, layer_k: Tensor, layer_v: Tensor, plan: AttentionP
     """One query per decoding sequence against its cached keys. q: [B, H, D] -> [B, H, D].
 
     The keys are read in place from the slot range (a view, no gather copy); rows of the range
-    that hold no decode get a zero query and are dropped afterwards.
+    that hold no decode get a dummy query and are dropped afterwards.
     """
-    blocked = plan.decode_blocked  # [R, 1, 1, N]
-    R, N = blocked.shape[0], blocked.shape[-1]
+    mask = plan.decode_mask  # [R, 1, 1, N]
+    R, N = mask.shape[0], mask.shape[-1]
     k = layer_k[plan.slot_lo : plan.slot_lo + R, :, :N]  # [R, H, N, D]
     v = layer_v[plan.slot_lo : plan.slot_lo + R, :, :N]
     rows = plan.decode_rows
-    if q.shape[0] == R:  # every row decodes; rows is a permutation at most
-        qr = q.new_empty(R, *q.shape[1:]).index_copy_(0, rows, q)
-    else:
-        qr = q.new_zeros(R, *q.shape[1:]).index_copy_(0, rows, q)
-    scores = torch.matmul(qr.unsqueeze(2), k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # [R,H,1,N]
-    scores = scores.masked_fill_(blocked, float("-inf")).softmax(-1)
-    return torch.matmul(scores, v).squeeze(2).index_select(0, rows)  # [B, H, D]
+    qr = q.new_zeros(R, *q.shape[1:]).index_copy_(0, rows, q)  # [R, H, D]
+    y = F.scaled_dot_product_attention(qr.unsqueeze(2), k, v, attn_mask=mask)  # [R, H, 1, D]
+    return y.squeeze(2).index_select(0, rows)
 
 
 def attend_prefill(q: Tensor, slot_k: Tensor, slot_v: Tensor, first_pos: int) -> Tensor:

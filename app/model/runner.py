@@ -12,6 +12,8 @@ from app.model.sampling import Sampler, score_tokens
 
 # prompt positions scored per lm_head call: bounds the [rows, V] float32 logits held at once
 SCORE_ROWS = 256
+# rows per pass after the lm_head: a [32, V] float32 block (6.4 MB for GPT-2) stays in cache
+STATS_ROWS = 32
 
 
 @dataclass
@@ -91,29 +93,35 @@ class ModelRunner:
             last = torch.zeros(hi - lo, dtype=torch.long)  # rows without a decode look at position 0
             last[rows] = torch.tensor([seq.num_computed for seq in batch.decodes])
             span = int(last.max()) + 1
-            blocked = torch.arange(span) > last.unsqueeze(1)  # [R, span]
+            allowed = torch.arange(span) <= last.unsqueeze(1)  # [R, span]
             plan.slot_lo = lo
             plan.decode_rows = rows.to(self.device)
-            plan.decode_blocked = blocked[:, None, None, :].to(self.device)
+            plan.decode_mask = allowed[:, None, None, :].to(self.device)
         return plan
 
     def _score(self, hidden: Tensor, targets: list[int], seq: Sequence) -> PromptScores:
-        """Score `targets` given hidden states [n, C] of the positions before each."""
-        k = seq.params.prompt_logprobs
+        """Score `targets` given hidden states [n, C] of the positions before each.
+
+        The lm_head runs on SCORE_ROWS rows at a time; what follows it (log-softmax, ranks, top-k,
+        entropy) on STATS_ROWS-row slices, whose [rows, V] temporaries stay in cache (and, on a CPU,
+        under the allocator's mmap threshold, which otherwise costs fresh page faults per call)."""
+        k, stats = seq.params.prompt_logprobs, seq.params.prompt_stats
+        target_ids = torch.tensor(targets, device=self.device)
         scores = PromptScores()
         for s in range(0, len(targets), SCORE_ROWS):
-            logprobs = self.model.logits(hidden[s : s + SCORE_ROWS]).log_softmax(-1)  # [rows, V]
-            block = targets[s : s + SCORE_ROWS]
-            ts = score_tokens(logprobs, torch.tensor(block, device=self.device), k)
-            scores.token_logprobs += ts.logprobs
-            scores.ranks += ts.ranks
-            scores.top += ts.top
-            if seq.params.prompt_stats:
-                probs = logprobs.exp()
-                entropy = -(probs * logprobs).sum(-1)
-                second = (probs * logprobs.square()).sum(-1)
-                scores.entropy += entropy.tolist()
-                scores.logprob_variance += (second - entropy.square()).clamp(min=0).tolist()
+            logits = self.model.logits(hidden[s : s + SCORE_ROWS])  # [rows, V]
+            for u in range(0, logits.shape[0], STATS_ROWS):
+                logprobs = logits[u : u + STATS_ROWS].log_softmax(-1)  # [rows, V]
+                ts = score_tokens(logprobs, target_ids[s + u : s + u + STATS_ROWS], k)
+                scores.token_logprobs += ts.logprobs
+                scores.ranks += ts.ranks
+                scores.top += ts.top
+                if stats:
+                    p_log_p = logprobs.exp().mul_(logprobs)
+                    entropy = -p_log_p.sum(-1)
+                    second = p_log_p.mul_(logprobs).sum(-1)  # E[(log p)^2]
+                    scores.entropy += entropy.tolist()
+                    scores.logprob_variance += (second - entropy.square()).clamp(min=0).tolist()
         return scores
 
     @torch.inference_mode()

@@ -61,11 +61,11 @@ def test_staggered_greedy_requests_match_transformers_alone(sync_engine, hf_mode
 
     async def scenario(engine):
         jobs = [collect(engine, f"r{i}", p, SamplingParams(max_tokens=m, temperature=0.0), delay=0.02 * (i % 5))
-                for i, (p, m) in enumerate(zip(prompts, max_tokens))]
+                for i, (p, m) in enumerate(zip(prompts, max_tokens, strict=True))]
         return await asyncio.gather(*jobs)
 
     results = run(sync_engine, scenario)
-    for prompt, m, (tokens, outputs) in zip(prompts, max_tokens, results):
+    for prompt, m, (tokens, outputs) in zip(prompts, max_tokens, results, strict=True):
         expected = hf_greedy(hf_model, prompt, m)
         assert tokens == expected
         assert outputs[-1].finish_reason is (FinishReason.STOP if expected[-1] == 50256 and len(expected) < m

@@ -1,0 +1,201 @@
+"""POST /v1/score: per-token logprobs and ranks, perplexity and detection statistics.
+
+Every input (or window of a long input) is one prefill-only engine sequence: it batches with
+the other inputs of the call, other score calls and generation. The statistics are app/scoring.py's.
+"""
+
+import asyncio
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from fastapi import APIRouter, Request
+
+from app.api import score_schemas as schemas
+from app.api.completions import until_done_or_disconnected
+from app.api.deps import ServiceDep, check_model
+from app.api.errors import APIError
+from app.api.score_schemas import ScoreRequest, ScoreResponse, ScoreResult
+from app.engine.async_engine import EngineDeadError, RequestStream
+from app.engine.engine import InvalidRequestError
+from app.engine.scheduler import QueueFullError
+from app.engine.sequence import FinishReason, PromptScores
+from app.engine.stats import RequestStats
+from app.scoring import Summary, Window, merge_windows, plan_windows, summarize
+from app.service import Service
+
+router = APIRouter(tags=["scoring"])
+
+
+@dataclass
+class Item:
+    """One input: its tokens (context first), the windows that score it, and their streams."""
+
+    index: int
+    context_ids: list[int]
+    input_ids: list[int]
+    windows: list[Window]
+    streams: list[RequestStream] = field(default_factory=list)
+    scores: list[PromptScores | None] = field(default_factory=list)
+    stats: list[RequestStats] = field(default_factory=list)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.context_ids + self.input_ids
+
+
+@router.post("/v1/score", response_model=ScoreResponse, summary="Score texts: logprobs, ranks, perplexity, detection",
+             responses={400: {"description": "invalid field or input too long"}, 404: {"description": "unknown model"},
+                        429: {"description": "queue full"}, 503: {"description": "not ready or draining"}})
+async def create_score(body: ScoreRequest, request: Request, service: ServiceDep) -> ScoreResponse:
+    check_model(service, body.model)
+    items = plan(service, body)
+    request_id = f"score-{uuid.uuid4().hex}"
+    submit(service, body, items, request_id)
+    request.state.prompt_tokens = sum(len(item.token_ids) for item in items)
+    request.state.completion_tokens = 0
+    request.state.prompt_text = body.input  # logged only with GPT2_LOG_PROMPTS
+    streams = [s for item in items for s in item.streams]
+    try:
+        await until_done_or_disconnected(collect(items), request)
+    finally:
+        for stream in streams:
+            stream.close()
+    merged = [merge_windows(item.windows, item.scores) for item in items]
+    summaries = [summarize(scores, body.detect) for scores in merged]
+    results = [result(service, body, *args) for args in zip(items, merged, summaries, strict=True)]
+    scored = sum(s.num_tokens for s in summaries)
+    request.state.scored_tokens = scored
+    request.state.engine_stats = [s for item in items for s in item.stats]
+    sent = request.state.prompt_tokens
+    return ScoreResponse(id=request_id, created=int(time.time()), model=service.info.name, data=results,
+                         usage=schemas.ScoreUsage(prompt_tokens=sent, scored_tokens=scored, total_tokens=sent))
+
+
+def tokenize(service: Service, text: str | list[int], context: str | list[int] | None) -> tuple[list[int], list[int]]:
+    """(context ids, input ids). Context and continuation are tokenized apart and concatenated, as
+    lm-evaluation-harness does, after moving the context's trailing whitespace to the start of the
+    continuation (so "is " + "Paris" scores " Paris"); an empty context is <|endoftext|>."""
+    encode = service.tokenizer.encode
+    if context is None:
+        return [], encode(text) if isinstance(text, str) else list(text)
+    if isinstance(context, str) and isinstance(text, str):
+        stripped = context.rstrip()
+        context, text = stripped, context[len(stripped):] + text
+    context_ids = encode(context) if isinstance(context, str) else list(context)
+    if not context_ids:
+        eos = service.tokenizer.eos_token_id
+        context_ids = [eos if eos is not None else 0]
+    return context_ids, encode(text) if isinstance(text, str) else list(text)
+
+
+def plan(service: Service, body: ScoreRequest) -> list[Item]:
+    """Tokenize and validate every input, and plan its engine sequences; 400 on the first bad one."""
+    inputs, contexts = body.inputs(), body.contexts()
+    max_len, vocab = service.info.max_model_len, service.engine.engine.vocab_size
+    several = len(inputs) > 1
+    if body.stride is not None and body.stride >= max_len:
+        raise APIError(400, f"stride must be at most max_model_len - 1 = {max_len - 1}, got {body.stride}",
+                       param="stride", code="invalid_value")
+    items = []
+    for i, text in enumerate(inputs):
+        which = f" (input {i})" if several else ""
+        context_ids, input_ids = tokenize(service, text, contexts[i] if contexts else None)
+        if not input_ids:
+            raise APIError(400, f"the input is empty{which}", param="input", code="invalid_value")
+        for name, ids in (("context", context_ids), ("input", input_ids)):
+            if max(ids, default=0) >= vocab:
+                raise APIError(400, f"token id {max(ids)} is outside the vocabulary [0, {vocab}){which}", param=name,
+                               code="invalid_value")
+        n = len(context_ids) + len(input_ids)
+        if n > max_len and body.window == "none":
+            raise APIError(400, f"the input has {n} tokens{' (context included)' if context_ids else ''}{which}, "
+                           f"more than this model's maximum context length of {max_len} tokens; send "
+                           "\"window\": \"sliding\" to score it with a sliding window", param="input",
+                           code="context_length_exceeded")
+        try:
+            windows = plan_windows(n, len(context_ids) or 1, max_len, body.stride)
+        except ValueError as exc:  # only a max_model_len too small for any stride
+            raise APIError(400, str(exc), param="stride", code="invalid_value") from exc
+        items.append(Item(i, context_ids, input_ids, windows, scores=[None] * len(windows)))
+    num_sequences = sum(len(item.windows) for item in items)
+    max_queue = service.settings.max_queue
+    if num_sequences > max_queue:
+        raise APIError(400, f"this request needs {num_sequences} engine sequences (one per input, or per window of "
+                       f"a long input) but at most {max_queue} can wait at once (GPT2_MAX_QUEUE); split it",
+                       param="input", code="too_many_inputs")
+    return items
+
+
+def submit(service: Service, body: ScoreRequest, items: list[Item], request_id: str) -> None:
+    """Queue every window of every input, or none (429 when the queue is full)."""
+    engine = service.engine
+    params = body.to_sampling_params()
+    try:
+        for item in items:
+            ids = item.token_ids
+            for window in item.windows:
+                engine.engine.validate(ids[window.begin : window.end], params)
+        for item in items:
+            ids = item.token_ids
+            for w, window in enumerate(item.windows):
+                item.streams.append(engine.add_request(f"{request_id}-{item.index}-{w}", ids[window.begin : window.end],
+                                                       params))
+    except InvalidRequestError as exc:  # not expected after plan(); still a client's fault
+        close(items)
+        raise APIError(400, str(exc), param="input", code="invalid_value") from exc
+    except (QueueFullError, EngineDeadError) as exc:
+        close(items)
+        if isinstance(exc, QueueFullError):
+            raise APIError(429, f"the server is at capacity ({exc}); retry later", code="queue_full",
+                           headers={"Retry-After": "1"}) from exc
+        raise APIError(503, str(exc), code="not_ready") from exc
+
+
+def close(items: list[Item]) -> None:
+    for item in items:
+        for stream in item.streams:
+            stream.close()
+
+
+async def collect(items: list[Item]) -> None:
+    """Wait for every window's scores (a prefill-only sequence ends with one output)."""
+
+    async def one(item: Item, w: int) -> None:
+        async for output in item.streams[w]:
+            if not output.finished:
+                continue
+            if output.error:
+                raise APIError(500, f"scoring failed: {output.error}", code="engine_error")
+            if output.finish_reason is FinishReason.ABORT:
+                raise APIError(503, "the request was aborted: the server is shutting down", code="aborted")
+            item.scores[w] = output.prompt_scores or PromptScores()
+            if output.stats is not None:
+                item.stats.append(output.stats)
+
+    await asyncio.gather(*(one(item, w) for item in items for w in range(len(item.windows))))
+
+
+def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScores, summary: Summary) -> ScoreResult:
+    """One input's entry of the response: the per-token arrays when asked, the numbers always."""
+    out = ScoreResult(index=item.index, num_context_tokens=len(item.context_ids), num_tokens=summary.num_tokens,
+                      sum_logprob=summary.sum_logprob, mean_logprob=summary.mean_logprob,
+                      perplexity=summary.perplexity, is_greedy=summary.is_greedy, num_windows=len(item.windows),
+                      detection=detection_of(summary))
+    if not body.return_tokens:
+        return out
+    pad = [] if item.context_ids else [None]  # the first token has nothing before it
+    token_str = service.tokenizer.token_str
+    out.token_ids = item.input_ids
+    out.tokens = [token_str(t) for t in item.input_ids]
+    out.token_logprobs = pad + merged.token_logprobs
+    out.ranks = pad + merged.ranks
+    if body.top_logprobs:
+        top = schemas.TopLogprob
+        out.top_logprobs = pad + [[top(token=token_str(t), token_id=t, logprob=lp) for t, lp in alternatives]
+                                  for alternatives in merged.top]
+    return out
+
+
+def detection_of(summary: Summary) -> schemas.Detection | None:
+    return None if summary.detection is None else schemas.Detection.model_validate(asdict(summary.detection))

@@ -1,0 +1,159 @@
+"""HTTP bodies of POST /v1/score (see docs/scoring.md).
+
+Pydantic lives here, at the edge; `to_sampling_params()` converts to the engine's dataclass once.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from app.engine.sequence import SamplingParams
+
+MAX_TOP_LOGPROBS = 20
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+ContextIds = list[Annotated[int, Field(ge=0)]]  # may be empty: then <|endoftext|> is the context
+Texts = Annotated[list[str], Field(min_length=1)]
+ScoreInput = str | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+ScoreContext = str | Texts | ContextIds | Annotated[list[ContextIds], Field(min_length=1)]
+
+
+def _kind(value: object) -> str:
+    """What form a field took: text, texts, ids or id_lists."""
+    if isinstance(value, str):
+        return "text"
+    if value and isinstance(value[0], str):
+        return "texts"
+    if value and isinstance(value[0], list):
+        return "id_lists"
+    return "ids"
+
+
+class ScoreRequest(BaseModel):
+    """POST /v1/score. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"input": ["The cat sat on the mat.", "Colourless green ideas sleep furiously."]},
+        {"context": "The capital of France is", "input": " Paris", "detect": False}]})
+
+    model: str | None = Field(None, description="The served model's name (see GET /v1/models); omit for the default.",
+                              examples=["gpt2"])
+    input: ScoreInput = Field(..., description="What to score: a string, a list of strings, a list of token ids, or "
+                              "a list of token-id lists. Without `context` every token after the first is scored.",
+                              examples=["The quick brown fox jumps over the lazy dog."])
+    context: ScoreContext | None = Field(None, description="Optional context of the same form and length as `input`: "
+                                         "then only the input (the continuation) is scored, given the context, as "
+                                         "lm-evaluation-harness's loglikelihood. An empty context means "
+                                         "<|endoftext|>.", examples=["The capital of France is"])
+    top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS, description="Also list this many most likely tokens at "
+                              "each scored position (0-20).", examples=[5])
+    detect: bool = Field(True, description="Add the detection statistics (GLTR buckets, mean log-rank, mean "
+                         "entropy, Fast-DetectGPT).", examples=[True])
+    return_tokens: bool = Field(True, description="Return the per-token arrays (tokens, ids, logprobs, ranks, top "
+                                "alternatives); false returns the per-input numbers only.", examples=[True])
+    window: Literal["none", "sliding"] = Field("none", description="`none`: an input longer than the model's "
+                                               "context is refused (400); `sliding`: it is scored with a sliding "
+                                               "window, each token once.", examples=["sliding"])
+    stride: int | None = Field(None, ge=1, description="Sliding window step in tokens, at most max_model_len - 1; "
+                               "every token past the first window gets at least max_model_len - stride tokens of "
+                               "context. Default max_model_len // 2.", examples=[512])
+
+    @field_validator("context")
+    @classmethod
+    def _check_context(cls, context: object, info: ValidationInfo) -> object:
+        if context is None or "input" not in info.data:
+            return context
+        inp = info.data["input"]
+        given, wanted = _kind(context), _kind(inp)
+        if given == "ids" and not context and wanted == "id_lists":
+            given = "id_lists"  # [] is no context for a list of inputs, not an empty one
+        if given != wanted:
+            raise ValueError(f"must have the same form as input (input is {wanted.replace('_', ' ')}, "
+                             f"context is {given.replace('_', ' ')})")
+        if given in ("texts", "id_lists") and len(context) != len(inp):
+            raise ValueError(f"must have one entry per input: {len(context)} contexts for {len(inp)} inputs")
+        return context
+
+    def inputs(self) -> list[str | list[int]]:
+        """The inputs, one entry each (text or token ids)."""
+        return [self.input] if _kind(self.input) in ("text", "ids") else list(self.input)
+
+    def contexts(self) -> list[str | list[int]] | None:
+        """The contexts, aligned with inputs(), or None."""
+        if self.context is None:
+            return None
+        return [self.context] if _kind(self.context) in ("text", "ids") else list(self.context)
+
+    def to_sampling_params(self) -> SamplingParams:
+        """Prefill-only: score the prompt, generate nothing."""
+        return SamplingParams(max_tokens=0, temperature=0.0, prompt_logprobs=self.top_logprobs,
+                              prompt_stats=self.detect)
+
+
+class TopLogprob(BaseModel):
+    token: str = Field(..., description="The token's text (`bytes:\\xNN` for part of a UTF-8 character).",
+                       examples=[" the"])
+    token_id: int = Field(..., examples=[262])
+    logprob: float = Field(..., examples=[-1.25])
+
+
+class GLTRBuckets(BaseModel):
+    top_10: float = Field(..., description="Fraction of scored tokens ranked 1-10.", examples=[0.62])
+    top_100: float = Field(..., description="Fraction ranked 11-100.", examples=[0.2])
+    top_1000: float = Field(..., description="Fraction ranked 101-1000.", examples=[0.12])
+    rest: float = Field(..., description="Fraction ranked beyond 1000.", examples=[0.06])
+
+
+class Detection(BaseModel):
+    gltr: GLTRBuckets = Field(..., description="GLTR's rank buckets (Gehrmann et al., 2019).")
+    mean_log_rank: float = Field(..., description="Mean natural log of the 1-based rank; lower looks more "
+                                 "machine-like.", examples=[1.9])
+    mean_entropy: float | None = Field(..., description="Mean entropy (nats) of the model's predictive "
+                                       "distribution at the scored positions.", examples=[3.4])
+    fast_detect_gpt: float | None = Field(..., description="Fast-DetectGPT's analytic criterion with this model "
+                                          "as sampling and scoring model: about N(0, 1) on the model's own samples, "
+                                          "higher = more machine-like; null if the model's variance is 0.",
+                                          examples=[1.7])
+
+
+class ScoreResult(BaseModel):
+    index: int = Field(..., description="Position of the input in the request.", examples=[0])
+    tokens: list[str] | None = Field(None, description="The input's tokens (without the context); null unless "
+                                     "return_tokens.", examples=[["The", " cat"]])
+    token_ids: list[int] | None = Field(None, description="Their ids.", examples=[[464, 3797]])
+    token_logprobs: list[float | None] | None = Field(None, description="Each token's logprob; the first is null "
+                                                      "when there is no context.", examples=[[None, -7.1]])
+    ranks: list[int | None] | None = Field(None, description="Each token's 1-based rank under the model (1 + "
+                                           "the number of tokens strictly more likely: ties count in its favour); "
+                                           "null where the logprob is.", examples=[[None, 412]])
+    top_logprobs: list[list[TopLogprob] | None] | None = Field(None, description="The top_logprobs most likely "
+                                                               "tokens at each position, when asked.")
+    num_context_tokens: int = Field(..., description="Tokens of the context (0 without one).", examples=[0])
+    num_tokens: int = Field(..., description="Tokens scored.", examples=[9])
+    sum_logprob: float = Field(..., description="Sum of the scored tokens' logprobs (the loglikelihood).",
+                               examples=[-52.3])
+    mean_logprob: float | None = Field(..., description="sum_logprob / num_tokens; null when nothing was scored.",
+                                       examples=[-5.81])
+    perplexity: float | None = Field(..., description="exp(-mean_logprob); null when nothing was scored or it "
+                                     "exceeds the float range.", examples=[333.6])
+    is_greedy: bool | None = Field(..., description="Every scored token had rank 1 (was the argmax); null when "
+                                   "nothing was scored.", examples=[False])
+    num_windows: int = Field(..., description="Engine sequences that scored the input (more than 1 with the "
+                             "sliding window).", examples=[1])
+    detection: Detection | None = Field(None, description="Detection statistics; null unless detect, or when "
+                                        "nothing was scored.")
+
+
+class ScoreUsage(BaseModel):
+    prompt_tokens: int = Field(..., description="Tokens sent (contexts and inputs).", examples=[10])
+    scored_tokens: int = Field(..., description="Tokens given a logprob.", examples=[9])
+    total_tokens: int = Field(..., description="prompt_tokens (nothing is generated).", examples=[10])
+
+
+class ScoreResponse(BaseModel):
+    id: str = Field(..., examples=["score-3f2a"])
+    object: Literal["score"] = "score"
+    created: int = Field(..., examples=[1700000000])
+    model: str = Field(..., examples=["gpt2"])
+    data: list[ScoreResult]
+    usage: ScoreUsage

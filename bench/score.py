@@ -1,0 +1,188 @@
+"""Scoring throughput against a bare batched forward pass of the same shapes, in one run.
+
+    python bench/score.py [--model gpt2] [--texts 32] [--tokens 256] [--repeats 3] [--http]
+
+Everything runs in this process on the same model (dummy weights, GPT-2 small shapes by default):
+
+- bare: our own GPT2 forward (app/model/gpt2.py) over the texts packed into one batch (every
+  position's final hidden state kept), then the lm_head and a full-vocabulary log_softmax for
+  every position, in blocks of the runner's SCORE_ROWS rows, plus gathering each next token's
+  logprob: the work scoring cannot avoid, without scheduling, ranks or statistics. Three ways:
+  all texts in one pass; as many texts per pass as an engine step holds
+  (GPT2_MAX_NUM_BATCHED_TOKENS); and the same with the log_softmax taken 32 rows at a time
+  (a [32, V] block stays in cache and below glibc's mmap threshold, which a [256, V] one does
+  not). The fastest of the three is the reference.
+- engine: the same texts as prefill-only requests (max_tokens=0, prompt_logprobs=0) through the
+  in-process AsyncEngine, with prompt_stats off (logprobs + ranks) and on (detect=true: entropy
+  and variance too).
+- http (with --http): POST /v1/score of the same token ids to a uvicorn server in this process,
+  return_tokens false and true (adds JSON and pydantic).
+
+Reported: tokens/s (input tokens through the model per second of wall time) and the ratio to
+bare. The runs alternate (bare, engine, ... per repeat) and the best of --repeats counts, so that
+a noisy shared machine hurts both sides alike.
+"""
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from app.config import Settings  # noqa: E402
+from app.engine.async_engine import AsyncEngine  # noqa: E402
+from app.engine.sequence import SamplingParams  # noqa: E402
+from app.model.gpt2 import AttentionPlan, KVCache, Prefill  # noqa: E402
+from app.model.runner import SCORE_ROWS  # noqa: E402
+from app.service import build_engine  # noqa: E402
+
+
+def bare_forward(model, cache: KVCache, texts: list[list[int]], per_pass: int, sub_rows: int = SCORE_ROWS) -> float:
+    """`per_pass` texts packed into each forward (every position's hidden state kept), then the
+    lm_head for every position in blocks of SCORE_ROWS rows, and the log_softmax in blocks of
+    `sub_rows` rows. Returns seconds."""
+    n = len(texts[0])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, len(texts), per_pass):
+            group = texts[first : first + per_pass]
+            ids = torch.tensor([t for text in group for t in text])
+            positions = torch.arange(n).repeat(len(group))
+            slots = torch.arange(len(group)).repeat_interleave(n)
+            plan = AttentionPlan(num_decode=0, prefills=tuple(Prefill(i * n, n, i, 0) for i in range(len(group))))
+            targets = torch.tensor([text[1:] + [0] for text in group]).view(-1)
+            hidden = model(ids, positions, slots, plan, cache)  # [T, C], every position
+            chosen = []
+            for s in range(0, hidden.shape[0], SCORE_ROWS):
+                logits = model.logits(hidden[s : s + SCORE_ROWS])  # [rows, V]
+                for u in range(0, logits.shape[0], sub_rows):
+                    logprobs = logits[u : u + sub_rows].log_softmax(-1)
+                    chosen.append(logprobs.gather(1, targets[s + u : s + u + sub_rows].unsqueeze(1)))
+            torch.cat(chosen).tolist()
+    return time.perf_counter() - start
+
+
+def engine_scoring(engine, texts: list[list[int]], stats: bool) -> float:
+    params = SamplingParams(max_tokens=0, temperature=0.0, prompt_logprobs=0, prompt_stats=stats)
+
+    async def main():
+        async_engine = AsyncEngine(engine)
+        async_engine.start()
+
+        async def one(i, text):
+            async for output in async_engine.add_request(f"s{i}-{time.monotonic_ns()}", text, params):
+                if output.finished:
+                    assert len(output.prompt_scores.token_logprobs) == len(text) - 1
+                    if stats:
+                        assert len(output.prompt_scores.entropy) == len(text) - 1
+
+        try:
+            start = time.perf_counter()
+            await asyncio.gather(*(one(i, t) for i, t in enumerate(texts)))
+            return time.perf_counter() - start
+        finally:
+            async_engine.stop()
+
+    return asyncio.run(main())
+
+
+class Server:
+    """uvicorn in a thread of this process, on an ephemeral port."""
+
+    def __init__(self, settings: Settings):
+        import httpx
+        import uvicorn
+
+        from app.main import create_app
+
+        self.app = create_app(settings)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_config=None, access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        self.client = httpx.Client(base_url=self.url, timeout=600)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the server did not become ready")
+
+    def score(self, texts: list[list[int]], return_tokens: bool) -> float:
+        start = time.perf_counter()
+        response = self.client.post("/v1/score", json={"input": texts, "return_tokens": return_tokens})
+        elapsed = time.perf_counter() - start
+        assert response.status_code == 200, response.text
+        return elapsed
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt2", help="model whose shapes to use (dummy weights)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--texts", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per text")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="GPT2_MAX_NUM_BATCHED_TOKENS")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--http", action="store_true", help="also score through HTTP (loads a second model copy)")
+    args = parser.parse_args()
+
+    settings = Settings(model=args.model, load_format="dummy", device="cpu", dtype=args.dtype,
+                        max_batch_size=args.texts, max_num_batched_tokens=args.max_num_batched_tokens,
+                        max_queue=max(args.texts, 256), log_format="text", log_level="WARNING", metrics=False)
+    engine, _, info = build_engine(settings)
+    model = engine.runner.model
+    config = model.config
+    cache = KVCache(config, args.texts, args.tokens, torch.device("cpu"), next(model.parameters()).dtype)
+    gen = torch.Generator().manual_seed(0)
+    texts = torch.randint(0, config.vocab_size, (args.texts, args.tokens), generator=gen).tolist()
+    num_tokens = args.texts * args.tokens
+    server = Server(settings) if args.http else None
+
+    per_step = max(1, args.max_num_batched_tokens // args.tokens)
+    runs = {"bare (one pass)": lambda: bare_forward(model, cache, texts, args.texts),
+            f"bare ({per_step} texts/pass)": lambda: bare_forward(model, cache, texts, per_step),
+            f"bare ({per_step}/pass, sub 32)": lambda: bare_forward(model, cache, texts, per_step, 32),
+            "engine (logprobs+ranks)": lambda: engine_scoring(engine, texts, stats=False),
+            "engine (detect=true)": lambda: engine_scoring(engine, texts, stats=True)}
+    if server is not None:
+        runs["http (numbers only)"] = lambda: server.score(texts, return_tokens=False)
+        runs["http (return_tokens)"] = lambda: server.score(texts, return_tokens=True)
+    best = {name: float("inf") for name in runs}
+    for run in runs.values():  # warm-up
+        run()
+    for _ in range(args.repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], run())
+    if server is not None:
+        server.stop()
+
+    print(f"# {info.source} shapes (dummy weights), {args.dtype}, {torch.get_num_threads()} threads; {args.texts} "
+          f"texts x {args.tokens} tokens; GPT2_MAX_NUM_BATCHED_TOKENS={args.max_num_batched_tokens}; best of "
+          f"{args.repeats}")
+    bare = min(v for k, v in best.items() if k.startswith("bare"))  # the faster bare pass is the reference
+    print(f"{'run':<26} {'seconds':>8} {'tokens/s':>9} {'vs bare':>8}")
+    for name, seconds in best.items():
+        print(f"{name:<26} {seconds:8.3f} {num_tokens / seconds:9.1f} {bare / seconds:8.1%}")
+
+
+if __name__ == "__main__":
+    main()

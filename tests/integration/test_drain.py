@@ -1,0 +1,95 @@
+"""The real server process: start-up failure, and graceful drain on SIGTERM."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server not ready")
+
+
+def test_sigterm_drains_streams_then_exits_zero(tiny_model_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn({"GPT2_MODEL": tiny_model_dir, "GPT2_PORT": str(port), "GPT2_MAX_BATCH_SIZE": "8",
+                  "GPT2_LOG_FORMAT": "json", "GPT2_DRAIN_TIMEOUT": "60"})
+    try:
+        wait_ready(url, proc)
+        started, results = threading.Barrier(9), [None] * 8
+
+        def stream(i: int) -> None:
+            body = {"prompt": f"stream {i}", "max_tokens": 480, "ignore_eos": True, "stream": True}
+            events = []
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+                lines = (line for line in response.iter_lines() if line.startswith("data: "))
+                events.append(next(lines))
+                started.wait()
+                events.extend(lines)
+            results[i] = events
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        started.wait(30)  # all 8 streams are running
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        late = httpx.post(f"{url}/v1/completions", json={"prompt": "late"}, timeout=10)
+        assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+        for t in threads:
+            t.join(120)
+        assert proc.wait(60) == 0
+        for events in results:
+            assert events[-1] == "data: [DONE]"
+            last = json.loads(events[-2][len("data: "):])
+            assert last["choices"][0]["finish_reason"] == "length"
+            assert sum(len(json.loads(e[6:])["choices"][0]["text"]) > 0 for e in events[:-1]) > 400
+        log = proc.stdout.read()
+        assert "drained" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_missing_model_fails_start_up_at_once(tmp_path):
+    port = free_port()
+    start = time.monotonic()
+    proc = spawn({"GPT2_MODEL": str(tmp_path / "nothing-here"), "GPT2_PORT": str(port), "HF_HUB_OFFLINE": "1",
+                  "GPT2_LOG_FORMAT": "text"})
+    try:
+        assert proc.wait(60) == 1
+        output = proc.stdout.read()
+        assert "GPT2_MODEL" in output and "GPT2_LOAD_FORMAT=dummy" in output
+        assert time.monotonic() - start < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,117 @@
+"""The scheduler alone: pure bookkeeping, no model, no tensors."""
+
+import pytest
+
+from app.engine.scheduler import QueueFullError, Scheduler
+from app.engine.sequence import FinishReason, SamplingParams, Sequence, Status
+
+
+def seq(name: str, prompt_len: int, max_tokens: int = 4) -> Sequence:
+    return Sequence(name, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens))
+
+
+def run_step(scheduler: Scheduler) -> list[tuple[str, int]]:
+    """Schedule, then pretend the model ran: advance prefill, append one token to finished prompts."""
+    out = scheduler.schedule()
+    for s in out.decodes:
+        s.num_computed += 1
+        s.output_token_ids.append(0)
+    for s, n in out.prefills:
+        s.num_computed += n
+        if not s.in_prefill:
+            s.output_token_ids.append(0)
+    return [(s.request_id, 1) for s in out.decodes] + [(s.request_id, n) for s, n in out.prefills]
+
+
+def test_admission_is_first_come_first_served_within_slots():
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=100, max_queue=10)
+    for name in "abc":
+        sched.add(seq(name, 5))
+    assert run_step(sched) == [("a", 5), ("b", 5)]  # c waits: two slots
+    assert [s.request_id for s in sched.waiting] == ["c"]
+    assert {s.slot for s in sched.running} == {0, 1}
+    assert run_step(sched) == [("a", 1), ("b", 1)]
+
+
+def test_token_budget_chunks_long_prompts_and_decodes_come_first():
+    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=8, max_queue=10)
+    sched.add(seq("short", 3))
+    assert run_step(sched) == [("short", 3)]
+    sched.add(seq("long", 20))
+    # the decode takes 1 token, the long prompt gets the other 7 each step until done
+    assert run_step(sched) == [("short", 1), ("long", 7)]
+    assert run_step(sched) == [("short", 1), ("long", 7)]
+    assert run_step(sched) == [("short", 1), ("long", 6)]
+    assert run_step(sched) == [("short", 1), ("long", 1)]
+
+
+def test_partial_prefills_keep_priority_over_newcomers():
+    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=10, max_queue=10)
+    sched.add(seq("first", 15))
+    sched.add(seq("second", 4))
+    assert run_step(sched) == [("first", 10)]
+    assert run_step(sched) == [("first", 5), ("second", 4)]
+
+
+def test_finish_and_abort_free_slots_for_waiting_sequences():
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_queue=10)
+    a, b = seq("a", 2), seq("b", 2)
+    sched.add(a)
+    sched.add(b)
+    run_step(sched)
+    assert a.status is Status.RUNNING and b.status is Status.WAITING
+    sched.finish(sched.find("a"), FinishReason.ABORT)
+    assert a.status is Status.FINISHED and a.finish_reason is FinishReason.ABORT
+    assert run_step(sched) == [("b", 2)] and b.slot == 0
+    sched.finish(b, FinishReason.LENGTH)
+    sched.finish(b, FinishReason.LENGTH)  # twice is harmless
+    assert sched.num_unfinished == 0 and sched.schedule().is_empty
+
+
+def test_aborting_a_waiting_sequence_removes_it_from_the_queue():
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_queue=10)
+    sched.add(seq("a", 2))
+    sched.add(seq("b", 2))
+    sched.finish(sched.find("b"), FinishReason.ABORT)
+    assert [s.request_id for s in sched.waiting] == ["a"] and sched.find("b") is None
+
+
+def test_queue_full_refuses_at_once():
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_queue=2)
+    sched.add(seq("a", 1))
+    sched.add(seq("b", 1))
+    with pytest.raises(QueueFullError):
+        sched.add(seq("c", 1))
+    run_step(sched)  # a is admitted, so there is room again
+    sched.add(seq("c", 1))
+
+
+def test_lowest_free_slot_is_reused_first():
+    sched = Scheduler(max_batch_size=3, max_num_batched_tokens=30, max_queue=10)
+    seqs = [seq(n, 2) for n in "abc"]
+    for s in seqs:
+        sched.add(s)
+    run_step(sched)
+    sched.finish(seqs[0], FinishReason.LENGTH)
+    sched.finish(seqs[1], FinishReason.LENGTH)
+    sched.add(seq("d", 2))
+    run_step(sched)
+    assert sched.find("d").slot == 0
+    assert sched.kv_cache_usage == pytest.approx(2 / 3)
+
+
+def test_phase_labels():
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=16, max_queue=10)
+    sched.add(seq("a", 2))
+    assert sched.schedule().phase == "prefill"
+    a = sched.find("a")
+    a.num_computed = 2
+    a.output_token_ids.append(0)
+    assert sched.schedule().phase == "decode"
+    sched.add(seq("b", 2))
+    assert sched.schedule().phase == "mixed"
+
+
+def test_budget_smaller_than_batch_is_refused():
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        Scheduler(max_batch_size=8, max_num_batched_tokens=4, max_queue=1)

@@ -1,0 +1,290 @@
+"""The scoring maths without a model: window plans, merging, statistics, the request schema, and
+the calibration command's AUROC and thresholds."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from app.api.score_schemas import ScoreRequest
+from app.calibrate import auroc, average_ranks, evaluate, read_texts, threshold_at_fpr
+from app.engine.sequence import PromptScores
+from app.scoring import (
+    Window,
+    fast_detect_gpt,
+    gltr_buckets,
+    merge_windows,
+    perplexity,
+    plan_windows,
+    summarize,
+)
+
+
+# --- windows -------------------------------------------------------------------------------------
+def check_plan(n: int, first: int, max_len: int, stride: int | None) -> list[Window]:
+    windows = plan_windows(n, first, max_len, stride)
+    s = max_len // 2 if stride is None else stride
+    scored = [t for w in windows for t in range(w.score_from, w.end)]
+    assert scored == list(range(first, n)), "every token from `first` on is scored once, in order"
+    for k, w in enumerate(windows):
+        assert 0 <= w.begin < w.score_from < w.end <= n
+        assert w.num_tokens <= max_len
+        if n <= max_len:
+            assert (w.begin, w.end) == (0, n)
+        elif k > 0:
+            assert w.score_from - w.begin >= max_len - s, "at least max_len - stride tokens of left context"
+            assert w.num_tokens == max_len or w.end == n
+    return windows
+
+
+def test_an_input_that_fits_is_one_window():
+    assert plan_windows(10, 1, 16) == [Window(0, 10, 1)]
+    assert plan_windows(16, 5, 16, stride=3) == [Window(0, 16, 5)]
+
+
+def test_nothing_to_score_plans_nothing():
+    assert plan_windows(1, 1, 16) == []
+    assert plan_windows(4, 4, 16) == []
+
+
+def test_three_times_the_context_scores_every_token_once():
+    windows = check_plan(48, 1, 16, None)
+    assert windows == [Window(0, 16, 1), Window(8, 24, 16), Window(16, 32, 24), Window(24, 40, 32),
+                       Window(32, 48, 40)]
+
+
+def test_sliding_window_matches_the_standard_recipe():
+    # Hugging Face's "perplexity of fixed-length models": begin in range(0, n, stride), end = begin + max_len,
+    # score the tokens after the previous end. Ours differs in the last window only: it is a full max_len
+    # long (more context for its tokens) where the recipe's is cut short at a multiple of the stride
+    n, max_len, stride = 100, 16, 5
+    expected, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + max_len, n)
+        expected.append(Window(begin, end, max(prev_end, 1)))
+        prev_end = end
+        if end == n:
+            break
+    windows = plan_windows(n, 1, max_len, stride)
+    assert windows[:-1] == expected[:-1]
+    assert windows[-1] == Window(n - max_len, n, expected[-1].score_from) and n - max_len < expected[-1].begin
+
+
+def test_a_context_longer_than_the_window_is_skipped_not_scored():
+    windows = check_plan(40, 30, 16, 4)
+    assert windows[0] == Window(18, 34, 30)  # first window: the stride after the context, max_len tokens long
+    windows = check_plan(40, 10, 16, 4)
+    assert windows[0] == Window(0, 16, 10)
+
+
+@pytest.mark.parametrize("stride", [0, 16, 17])
+def test_stride_must_leave_context(stride):
+    with pytest.raises(ValueError, match="stride"):
+        plan_windows(40, 1, 16, stride)
+
+
+def test_random_plans():
+    rng = random.Random(0)
+    for _ in range(500):
+        max_len = rng.randint(2, 40)
+        n = rng.randint(2, 200)
+        first = rng.randint(1, n - 1)
+        stride = rng.choice([None, rng.randint(1, max_len - 1)])
+        check_plan(n, first, max_len, stride)
+
+
+def window_scores(window: Window) -> PromptScores:
+    """What the engine returns for a window, each entry tagged with the global token it scores."""
+    tokens = range(window.begin + 1, window.end)
+    return PromptScores(token_logprobs=[-float(t) for t in tokens], ranks=list(tokens),
+                        top=[[(t, 0.0)] for t in tokens], entropy=[t / 2 for t in tokens],
+                        logprob_variance=[t / 4 for t in tokens])
+
+
+def test_merging_windows_keeps_each_token_once_in_order():
+    windows = plan_windows(50, 3, 16, 6)
+    merged = merge_windows(windows, [window_scores(w) for w in windows])
+    tokens = list(range(3, 50))
+    assert merged.ranks == tokens
+    assert merged.token_logprobs == [-float(t) for t in tokens]
+    assert merged.top == [[(t, 0.0)] for t in tokens]
+    assert merged.entropy == [t / 2 for t in tokens] and merged.logprob_variance == [t / 4 for t in tokens]
+
+
+def test_merging_refuses_scores_of_the_wrong_length():
+    windows = [Window(0, 10, 1)]
+    with pytest.raises(ValueError, match="scores"):
+        merge_windows(windows, [PromptScores(token_logprobs=[0.0] * 8, ranks=[1] * 8)])
+
+
+# --- statistics ----------------------------------------------------------------------------------
+def scores(logprobs, ranks, entropy=None, variance=None) -> PromptScores:
+    return PromptScores(token_logprobs=list(logprobs), ranks=list(ranks), top=[[] for _ in ranks],
+                        entropy=list(entropy or []), logprob_variance=list(variance or []))
+
+
+def test_summary_numbers():
+    s = summarize(scores([-1.0, -2.0, -3.0], [1, 4, 2000], [2.0, 3.0, 4.0], [1.0, 2.0, 1.0]))
+    assert s.num_tokens == 3 and s.sum_logprob == -6.0 and s.mean_logprob == -2.0
+    assert s.perplexity == pytest.approx(math.exp(2.0))
+    assert s.is_greedy is False
+    d = s.detection
+    assert (d.gltr.top_10, d.gltr.top_100, d.gltr.top_1000, d.gltr.rest) == pytest.approx((2 / 3, 0, 0, 1 / 3))
+    assert d.mean_log_rank == pytest.approx((math.log(1) + math.log(4) + math.log(2000)) / 3)
+    assert d.mean_entropy == pytest.approx(3.0)
+    # (sum log p - sum(-H)) / sqrt(sum var) = (-6 + 9) / 2
+    assert d.fast_detect_gpt == pytest.approx(1.5)
+
+
+def test_greedy_and_detect_off():
+    s = summarize(scores([-0.5, -0.1], [1, 1]), detect=False)
+    assert s.is_greedy is True and s.detection is None
+
+
+def test_without_stats_detection_has_no_entropy_or_criterion():
+    d = summarize(scores([-0.5, -0.1], [1, 3])).detection
+    assert d.mean_entropy is None and d.fast_detect_gpt is None and d.gltr.top_10 == 1.0
+
+
+def test_nothing_scored():
+    s = summarize(PromptScores())
+    assert (s.num_tokens, s.sum_logprob, s.mean_logprob, s.perplexity, s.is_greedy, s.detection) == \
+        (0, 0.0, None, None, None, None)
+
+
+def test_perplexity_overflow_is_null_not_inf():
+    assert perplexity(-700.0) == pytest.approx(math.exp(700.0))
+    assert perplexity(-710.0) is None
+    assert perplexity(None) is None
+    assert summarize(scores([-800.0], [50000])).perplexity is None
+
+
+def test_gltr_bucket_edges():
+    b = gltr_buckets([1, 10, 11, 100, 101, 1000, 1001, 50000])
+    assert (b.top_10, b.top_100, b.top_1000, b.rest) == (0.25, 0.25, 0.25, 0.25)
+    assert gltr_buckets([]).rest == 0.0
+
+
+def test_fast_detect_gpt_without_variance_is_null():
+    assert fast_detect_gpt([0.0, 0.0], [0.0, 0.0], [0.0, 0.0]) is None
+    assert fast_detect_gpt([], [], []) is None
+
+
+def test_fast_detect_gpt_is_standard_normal_on_samples_of_the_model():
+    """The criterion's defining property, on synthetic next-token distributions: for tokens drawn
+    from p_t itself it is about N(0, 1); the argmax scores high, uniform draws low."""
+    rng = np.random.default_rng(0)
+    V, T = 200, 40
+    values, greedy, uniform = [], [], []
+    for _ in range(400):
+        logits = rng.normal(0, 2.5, size=(T, V))
+        logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        p = np.exp(logp)
+        entropy = -(p * logp).sum(1)
+        var = (p * logp**2).sum(1) - entropy**2
+        drawn = np.array([rng.choice(V, p=row) for row in p])
+        rows = np.arange(T)
+        values.append(fast_detect_gpt(logp[rows, drawn].tolist(), entropy.tolist(), var.tolist()))
+        greedy.append(fast_detect_gpt(logp.max(1).tolist(), entropy.tolist(), var.tolist()))
+        uniform.append(fast_detect_gpt(logp[rows, rng.integers(0, V, T)].tolist(), entropy.tolist(), var.tolist()))
+    assert abs(np.mean(values)) < 0.15 and abs(np.std(values) - 1) < 0.15
+    assert min(greedy) > 3 and max(uniform) < -3
+
+
+# --- the request schema --------------------------------------------------------------------------
+def test_request_forms_and_pairs():
+    r = ScoreRequest(input="a b")
+    assert r.inputs() == ["a b"] and r.contexts() is None
+    r = ScoreRequest(input=["x", "y"], context=["c", ""])
+    assert r.inputs() == ["x", "y"] and r.contexts() == ["c", ""]
+    r = ScoreRequest(input=[1, 2], context=[])
+    assert r.inputs() == [[1, 2]] and r.contexts() == [[]]
+    r = ScoreRequest(input=[[1, 2], [3]], context=[[4], []])
+    assert r.inputs() == [[1, 2], [3]] and r.contexts() == [[4], []]
+    p = ScoreRequest(input="a", top_logprobs=3, detect=False).to_sampling_params()
+    assert (p.max_tokens, p.temperature, p.prompt_logprobs, p.prompt_stats) == (0, 0.0, 3, False)
+    assert ScoreRequest(input="a").to_sampling_params().prompt_stats is True
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"input": ["a", "b"], "context": ["c"]}, "context"),
+    ({"input": [[1], [2]], "context": []}, "context"),
+    ({"input": "a", "context": ["c"]}, "context"),
+    ({"input": [1, 2], "context": "c"}, "context"),
+    ({"input": "a", "top_logprobs": 21}, "top_logprobs"),
+    ({"input": "a", "top_logprobs": -1}, "top_logprobs"),
+    ({"input": []}, "input"),
+    ({"input": [[]]}, "input"),
+    ({"input": "a", "window": "tumbling"}, "window"),
+    ({"input": "a", "stride": 0}, "stride"),
+])
+def test_bad_requests_name_the_field(body, field):
+    with pytest.raises(ValidationError) as info:
+        ScoreRequest(**body)
+    assert info.value.errors()[0]["loc"][0] == field
+
+
+# --- calibration maths ---------------------------------------------------------------------------
+def brute_auroc(pos, neg) -> float:
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def test_auroc_equals_the_pairwise_definition():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        pos = rng.integers(0, 8, rng.integers(1, 30)).astype(float)  # many ties
+        neg = rng.integers(0, 8, rng.integers(1, 30)).astype(float)
+        assert auroc(pos, neg) == pytest.approx(brute_auroc(pos, neg))
+    assert auroc([3, 4], [1, 2]) == 1.0 and auroc([1, 2], [3, 4]) == 0.0 and auroc([1], [1]) == 0.5
+
+
+def test_average_ranks_share_ties():
+    assert average_ranks(np.array([10.0, 20.0, 10.0, 5.0])).tolist() == [2.5, 4.0, 2.5, 1.0]
+
+
+def test_threshold_flags_at_most_the_chosen_share_of_negatives():
+    neg = np.arange(100, dtype=float)  # 0..99
+    pos = np.arange(50, 150, dtype=float)
+    t, fpr, tpr = threshold_at_fpr(pos, neg, 0.05)
+    assert t == 94.0 and fpr == 0.05 and tpr == pytest.approx(55 / 100)
+    t, fpr, _ = threshold_at_fpr(pos, neg, 0.0)
+    assert t == 99.0 and fpr == 0.0
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        neg, pos = rng.normal(size=rng.integers(1, 60)), rng.normal(1, size=20)
+        target = rng.uniform(0, 0.5)
+        _, fpr, _ = threshold_at_fpr(pos, neg, target)
+        assert fpr <= target + 1e-12
+
+
+def test_evaluate_orients_each_statistic():
+    def result(mean_logprob, fdg, log_rank):
+        return {"mean_logprob": mean_logprob, "perplexity": math.exp(-mean_logprob),
+                "detection": {"fast_detect_gpt": fdg, "mean_log_rank": log_rank, "mean_entropy": 3.0,
+                              "gltr": {"top_10": 0.5, "top_100": 0.2, "top_1000": 0.2, "rest": 0.1}}}
+
+    human = [result(-5.0 - i, -1.0 - i, 5.0 + i) for i in range(10)]
+    machine = [result(-2.0 + i / 10, 2.0 + i, 1.0 + i / 10) for i in range(10)]
+    machine.append({"mean_logprob": None, "perplexity": None, "detection": None})  # a one-token text
+    rows = {r.statistic: r for r in evaluate(human, machine, fpr=0.1)}
+    for name in ("fast_detect_gpt", "mean_logprob", "perplexity", "mean_log_rank"):
+        assert rows[name].auroc == 1.0 and rows[name].tpr == 1.0 and rows[name].fpr <= 0.1
+        assert rows[name].num_machine == 10
+    assert rows["perplexity"].direction == "lower" and rows["mean_logprob"].direction == "higher"
+    assert rows["gltr_top_10"].auroc == 0.5  # identical everywhere: no signal
+
+
+def test_read_texts(tmp_path):
+    lines = tmp_path / "h.txt"
+    lines.write_text("first text\n\nsecond {\"not json\"}\n", encoding="utf-8")
+    assert read_texts(lines) == ["first text", 'second {"not json"}']
+    jl = tmp_path / "m.jsonl"
+    jl.write_text("\n".join([json.dumps("a\nb"), json.dumps({"text": "c", "label": 1}), ""]), encoding="utf-8")
+    assert read_texts(jl) == ["a\nb", "c"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"body": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        read_texts(bad)
