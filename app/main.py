@@ -55,17 +55,18 @@ async def lifespan(app: FastAPI):
 
 
 async def load_service(state: AppState) -> None:
-    """Build the engine off the event loop, then start its loop thread on this one."""
+    """Build the engine on its own thread (off the event loop), then run its step loop there."""
+    async_engine = AsyncEngine()
     try:
-        engine, tokenizer, info = await asyncio.to_thread(build_engine, state.settings)
+        engine, tokenizer, info = await async_engine.call(build_engine, state.settings)
     except Exception as exc:
+        async_engine.stop()
         state.load_error = exc
         log.critical("start-up failed: %s", exc, exc_info=not isinstance(exc, (OSError, RuntimeError)))
         if state.on_fatal is not None:
             state.on_fatal()
         return
-    async_engine = AsyncEngine(engine)
-    async_engine.start()
+    async_engine.start(engine)
     state.service = Service(state.settings, info, tokenizer, async_engine)
     for hook in state.on_ready:
         hook(state.service)

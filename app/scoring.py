@@ -11,9 +11,9 @@ the most likely one has rank 1 and counts as greedy.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from app.engine.sequence import PromptScores
+from app.engine.sequence import PromptScores, SamplingParams
 
 # GLTR's colour buckets (Gehrmann et al., 2019): rank <= 10, <= 100, <= 1000, and the rest
 GLTR_BOUNDS = (10, 100, 1000)
@@ -77,16 +77,21 @@ def plan_windows(num_tokens: int, first_scored: int, max_len: int, stride: int |
 
 
 def merge_windows(windows: list[Window], scores: list[PromptScores]) -> PromptScores:
-    """The engine's scores of each window (entry i is about window token i + 1) -> the scores
-    of the input's tokens [windows[0].score_from, windows[-1].end), in order."""
+    """The engine's scores of each window (each window asks only for its tokens [score_from, end),
+    see `window_params`) -> the scores of the input's tokens [windows[0].score_from,
+    windows[-1].end), in order."""
     merged = PromptScores()
     for window, s in zip(windows, scores, strict=True):
-        lo, hi = window.score_from - window.begin - 1, window.end - window.begin - 1
-        if len(s.token_logprobs) != hi:
-            raise ValueError(f"a window of {window.num_tokens} tokens came back with {len(s.token_logprobs)} scores")
-        merged.extend(PromptScores(s.token_logprobs[lo:hi], s.ranks[lo:hi], s.top[lo:hi], s.entropy[lo:hi],
-                                   s.logprob_variance[lo:hi]))
+        if len(s.token_logprobs) != window.num_scored:
+            raise ValueError(f"a window scoring {window.num_scored} tokens came back with {len(s.token_logprobs)} scores")
+        merged.extend(s)
     return merged
+
+
+def window_params(params: SamplingParams, window: Window) -> SamplingParams:
+    """The engine parameters of one window: score only the tokens it reports, so the lm_head
+    skips the context and the overlap with the previous window."""
+    return replace(params, prompt_logprobs_from=window.score_from - window.begin)
 
 
 # --- statistics --------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The composition root: settings -> model, tokenizer, runner, scheduler, engine.
 
-Used by the HTTP app's lifespan, the CLI's benchmarks and the tests alike."""
+Used by the HTTP app's lifespan, the benchmarks and the tests alike."""
 
 import logging
 from dataclasses import dataclass
@@ -52,11 +52,3 @@ def build_engine(settings: Settings) -> tuple[Engine, Tokenizer, ModelInfo]:
     log.info("model %s ready on %s (%s, %s weights, %.0fM parameters, max_model_len %d)", info.source, info.device,
              info.dtype, info.load_format, info.num_parameters / 1e6, max_model_len)
     return engine, tokenizer, info
-
-
-def start_service(settings: Settings) -> Service:
-    """Build everything and start the engine loop; call from the event loop that will serve."""
-    engine, tokenizer, info = build_engine(settings)
-    async_engine = AsyncEngine(engine)
-    async_engine.start()
-    return Service(settings, info, tokenizer, async_engine)

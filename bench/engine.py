@@ -9,13 +9,13 @@ weights, greedy, EOS ignored, so every sequence makes exactly --new tokens).
 Reported per concurrency:
 - tok/s: output tokens / wall time of the whole batch (prefill included), ours and transformers';
 - decode tok/s: output tokens / time spent in decode-only steps (steady state);
-- roofline: 2 x parameters x decode tok/s / matmul GFLOP/s;
+- roofline: 2 x parameters x decode tok/s / the large matmul's GFLOP/s (torch's default, and
+  oneDNN's, which on AMD CPUs is about twice MKL's);
 - python: the share of decode step time outside the model's forward and lm_head (scheduling,
   packing, sampling, bookkeeping).
 """
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -27,16 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
-from app.engine.async_engine import AsyncEngine  # noqa: E402
 from app.engine.sequence import SamplingParams  # noqa: E402
 from app.service import build_engine  # noqa: E402
 
 
-def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+def matmul_gflops(n: int = 4096, repeats: int = 5) -> tuple[float, float]:
+    """GFLOP/s of a large fp32 matmul: torch's default (`a @ b`, MKL on x86) and through oneDNN
+    with a prepacked weight (what the engine's linear layers use on a CPU). On AMD CPUs MKL
+    takes a non-AVX-512 path, so the second is the better estimate of the machine's peak."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+    default = min(_timed(lambda: a @ b) for _ in range(repeats))
+    packed = torch.ops.mkldnn._reorder_linear_weight(b)
+    onednn = min(_timed(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+                 for _ in range(repeats))
+    return 2 * n**3 / default / 1e9, 2 * n**3 / onednn / 1e9
 
 
 def _timed(fn) -> float:
@@ -64,6 +69,8 @@ class ModelClock:
 
 
 def run_engine(engine, prompts: list[list[int]], new_tokens: int, clock: ModelClock) -> dict:
+    """All requests submitted at once, then the step loop until they finish. It runs on this
+    thread, which built the model, as the server's engine thread does (see AsyncEngine)."""
     decode = {"seconds": 0.0, "tokens": 0, "model": 0.0}
 
     def on_step(stats):
@@ -75,23 +82,13 @@ def run_engine(engine, prompts: list[list[int]], new_tokens: int, clock: ModelCl
 
     engine.step_listeners.append(on_step)
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-
-    async def main():
-        async_engine = AsyncEngine(engine)
-        async_engine.start()
-
-        async def one(i, prompt):
-            return sum([len(o.token_ids) async for o in async_engine.add_request(f"b{i}", prompt, params)])
-
-        try:
-            start = time.perf_counter()
-            counts = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-            return sum(counts), time.perf_counter() - start
-        finally:
-            async_engine.stop()
-
-    clock.seconds = 0.0
-    tokens, wall = asyncio.run(main())
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"b{start}-{i}", prompt, params)
+    clock.seconds, tokens = 0.0, 0
+    while engine.has_unfinished():
+        tokens += sum(len(out.token_ids) for out in engine.step())
+    wall = time.perf_counter() - start
     engine.step_listeners.remove(on_step)
     assert tokens == len(prompts) * new_tokens, tokens
     return {"tok_s": tokens / wall, "decode_tok_s": decode["tokens"] / decode["seconds"],
@@ -131,21 +128,22 @@ def main() -> None:
     if not args.no_transformers:
         hf_config = GPT2Config(n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head)
         hf_model = GPT2LMHeadModel(hf_config).to(getattr(torch, args.dtype)).eval()
-    gflops = matmul_gflops()
+    gflops, onednn_gflops = matmul_gflops()
     params = config.num_parameters
     print(f"# {info.source} shapes, {params / 1e6:.1f}M parameters, {args.dtype}, {torch.get_num_threads()} threads; "
-          f"prompt {args.prompt}, new {args.new}; matmul {gflops:.0f} GFLOP/s")
+          f"prompt {args.prompt}, new {args.new}; 4096^3 fp32 matmul: {gflops:.0f} GFLOP/s (torch default), "
+          f"{onednn_gflops:.0f} GFLOP/s (oneDNN)")
     print(f"{'conc':>4} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} {'decode tok/s':>12} {'roofline':>8} "
-          f"{'python':>7}")
+          f"{'(oneDNN)':>8} {'python':>7}")
     gen = torch.Generator().manual_seed(0)
     for c in args.concurrency:
         prompts = torch.randint(0, config.vocab_size, (c, args.prompt), generator=gen).tolist()
         ours = run_engine(engine, prompts, args.new, clock)
         hf = run_transformers(hf_model, prompts, args.new) if hf_model is not None else None
-        roofline = 2 * params * ours["decode_tok_s"] / (gflops * 1e9)
+        flops = 2 * params * ours["decode_tok_s"]
         hf_text = f"{hf['tok_s']:9.1f} {ours['tok_s'] / hf['tok_s']:6.2f}" if hf else f"{'-':>9} {'-':>6}"
-        print(f"{c:4d} {ours['tok_s']:10.1f} {hf_text} {ours['decode_tok_s']:12.1f} {roofline:8.1%} "
-              f"{ours['python']:7.1%}", flush=True)
+        print(f"{c:4d} {ours['tok_s']:10.1f} {hf_text} {ours['decode_tok_s']:12.1f} {flops / gflops / 1e9:8.1%} "
+              f"{flops / onednn_gflops / 1e9:8.1%} {ours['python']:7.1%}", flush=True)
 
 
 if __name__ == "__main__":

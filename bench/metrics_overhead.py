@@ -53,8 +53,8 @@ def run(engine, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[
         last[0] = now if stats.phase == "decode" else None
 
     async def main() -> tuple[int, float]:
-        async_engine = AsyncEngine(engine)
-        async_engine.start()
+        async_engine = AsyncEngine()
+        async_engine.start(engine)
 
         async def one(i: int, prompt: list[int]) -> int:
             return sum([len(o.token_ids) async for o in async_engine.add_request(f"m{i}", prompt, params)])

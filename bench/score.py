@@ -13,8 +13,8 @@ Everything runs in this process on the same model (dummy weights, GPT-2 small sh
   (a [32, V] block stays in cache and below glibc's mmap threshold, which a [256, V] one does
   not). The fastest of the three is the reference.
 - engine: the same texts as prefill-only requests (max_tokens=0, prompt_logprobs=0) through the
-  in-process AsyncEngine, with prompt_stats off (logprobs + ranks) and on (detect=true: entropy
-  and variance too).
+  engine's step loop on this thread, with prompt_stats off (logprobs + ranks) and on
+  (detect=true: entropy and variance too).
 - http (with --http): POST /v1/score of the same token ids to a uvicorn server in this process,
   return_tokens false and true (adds JSON and pydantic).
 
@@ -24,7 +24,6 @@ a noisy shared machine hurts both sides alike.
 """
 
 import argparse
-import asyncio
 import os
 import socket
 import sys
@@ -38,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
-from app.engine.async_engine import AsyncEngine  # noqa: E402
 from app.engine.sequence import SamplingParams  # noqa: E402
 from app.model.gpt2 import AttentionPlan, KVCache, Prefill  # noqa: E402
 from app.model.runner import SCORE_ROWS  # noqa: E402
@@ -71,27 +69,17 @@ def bare_forward(model, cache: KVCache, texts: list[list[int]], per_pass: int, s
 
 
 def engine_scoring(engine, texts: list[list[int]], stats: bool) -> float:
+    """The texts as prefill-only requests through the engine's step loop, run on this thread: the
+    thread that built the model, as the server's engine thread is (see AsyncEngine)."""
     params = SamplingParams(max_tokens=0, temperature=0.0, prompt_logprobs=0, prompt_stats=stats)
-
-    async def main():
-        async_engine = AsyncEngine(engine)
-        async_engine.start()
-
-        async def one(i, text):
-            async for output in async_engine.add_request(f"s{i}-{time.monotonic_ns()}", text, params):
-                if output.finished:
-                    assert len(output.prompt_scores.token_logprobs) == len(text) - 1
-                    if stats:
-                        assert len(output.prompt_scores.entropy) == len(text) - 1
-
-        try:
-            start = time.perf_counter()
-            await asyncio.gather(*(one(i, t) for i, t in enumerate(texts)))
-            return time.perf_counter() - start
-        finally:
-            async_engine.stop()
-
-    return asyncio.run(main())
+    start = time.perf_counter()
+    for i, text in enumerate(texts):
+        engine.add_request(f"s{i}-{time.monotonic_ns()}", text, params)
+    while engine.has_unfinished():
+        for output in engine.step():
+            assert output.finished and len(output.prompt_scores.token_logprobs) == len(texts[0]) - 1
+            assert not stats or len(output.prompt_scores.entropy) == len(texts[0]) - 1
+    return time.perf_counter() - start
 
 
 class Server:

@@ -32,7 +32,6 @@ class ChoiceText:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._entries: list[TokenEntry] = []
         self._entries_released = 0
-        self._special = set(tokenizer.hf.all_special_ids)
 
     def add_prompt(self, token_ids: list[int], logprobs: list[float | None], top: list[dict | None]) -> None:
         """Echo: the prompt tokens with their scores (None for the first)."""
@@ -52,7 +51,7 @@ class ChoiceText:
 
     def _add(self, token_id: int, logprob: float | None, top: dict | None) -> None:
         self._entries.append(TokenEntry(self.tokenizer.token_str(token_id), logprob, top, len(self.text)))
-        if token_id not in self._special:  # <|endoftext|> ends text, it is not part of it
+        if token_id not in self.tokenizer.special_ids:  # <|endoftext|> ends text, it is not part of it
             self.text += self._decoder.decode(self.tokenizer.token_bytes(token_id))
 
     def _find_stop(self) -> None:
@@ -68,14 +67,14 @@ class ChoiceText:
         end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
         piece = self.text[self.released : end]
         self.released = max(self.released, end)
-        if final or self.stopped:
-            # tokens that start after a stop string's cut are not part of the choice
-            count = len(self._entries) if not self.stopped else sum(e.offset < end for e in self._entries)
-        else:
-            count = sum(e.offset < end for e in self._entries)
-        entries = self._entries[self._entries_released : count]
-        self._entries_released = max(self._entries_released, count)
-        return piece, entries
+        first = count = self._entries_released
+        if final and not self.stopped:
+            count = len(self._entries)
+        else:  # offsets never decrease; tokens starting after a stop string's cut are not part of the choice
+            while count < len(self._entries) and self._entries[count].offset < end:
+                count += 1
+        self._entries_released = count
+        return piece, self._entries[first:count]
 
     def _held_back(self) -> int:
         """Length of the longest tail of the unreleased text that could begin a stop string."""

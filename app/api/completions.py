@@ -192,17 +192,9 @@ async def stream_chunks(choices: list[Choice], prompts: list[list[int]], request
     finish_reason, optionally a usage chunk, then [DONE]. Closing the generator (the client went
     away) aborts every unfinished choice."""
     head = {"id": request_id, "object": "text_completion", "created": created, "model": model}
-    queue: asyncio.Queue[tuple[Choice, RequestOutput] | None] = asyncio.Queue()
-
-    async def pump(choice: Choice) -> None:
-        async for output in choice.stream:
-            queue.put_nowait((choice, output))
-
-    pumps = [asyncio.create_task(pump(c)) for c in choices]
     unfinished = len(choices)
     try:
-        while unfinished:
-            choice, output = await queue.get()
+        async for choice, output in merged(choices):
             if choice.finish_reason is not None:
                 continue  # ended by a stop string; the abort's output is not news
             try:
@@ -220,15 +212,36 @@ async def stream_chunks(choices: list[Choice], prompts: list[list[int]], request
                 chunk["usage"] = None
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
             unfinished -= choice.finish_reason is not None
+            if not unfinished:
+                break
         if include_usage:
             yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage(prompts, choices).model_dump()})}\n\n"
         yield "data: [DONE]\n\n"
         record(request, choices)
     finally:
-        for task in pumps:
-            task.cancel()
         for choice in choices:
             choice.stream.close()
+
+
+async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, RequestOutput]]:
+    """The outputs of all choices, in the order they arrive."""
+    if len(choices) == 1:  # the common case, without a task per choice
+        async for output in choices[0].stream:
+            yield choices[0], output
+        return
+    queue: asyncio.Queue[tuple[Choice, RequestOutput]] = asyncio.Queue()
+
+    async def pump(choice: Choice) -> None:
+        async for output in choice.stream:
+            queue.put_nowait((choice, output))
+
+    pumps = [asyncio.create_task(pump(c)) for c in choices]
+    try:
+        while True:
+            yield await queue.get()
+    finally:
+        for task in pumps:
+            task.cancel()
 
 
 def usage(prompts: list[list[int]], choices: list[Choice]) -> Usage:

@@ -29,11 +29,13 @@ class AppState:
         return self.service is not None and self.service.engine.is_alive and not self.draining
 
 
-def get_state(request: Request) -> AppState:
+# async on purpose: FastAPI runs plain `def` dependencies in a thread pool, a hop per request
+
+async def get_state(request: Request) -> AppState:
     return request.app.state.gpt2
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     """The loaded service; 503 while loading or draining, or if the engine loop died."""
     state: AppState = request.app.state.gpt2
     if state.draining:
@@ -43,7 +45,7 @@ def get_service(request: Request) -> Service:
     return state.service
 
 
-def check_api_key(request: Request) -> None:
+async def check_api_key(request: Request) -> None:
     """When GPT2_API_KEYS is set, require `Authorization: Bearer <one of them>`."""
     keys = request.app.state.gpt2.settings.api_keys
     if not keys:

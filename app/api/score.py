@@ -21,7 +21,7 @@ from app.engine.engine import InvalidRequestError
 from app.engine.scheduler import QueueFullError
 from app.engine.sequence import FinishReason, PromptScores
 from app.engine.stats import RequestStats
-from app.scoring import Summary, Window, merge_windows, plan_windows, summarize
+from app.scoring import Summary, Window, merge_windows, plan_windows, summarize, window_params
 from app.service import Service
 
 router = APIRouter(tags=["scoring"])
@@ -135,12 +135,12 @@ def submit(service: Service, body: ScoreRequest, items: list[Item], request_id: 
         for item in items:
             ids = item.token_ids
             for window in item.windows:
-                engine.engine.validate(ids[window.begin : window.end], params)
+                engine.engine.validate(ids[window.begin : window.end], window_params(params, window))
         for item in items:
             ids = item.token_ids
             for w, window in enumerate(item.windows):
                 item.streams.append(engine.add_request(f"{request_id}-{item.index}-{w}", ids[window.begin : window.end],
-                                                       params))
+                                                       window_params(params, window)))
     except InvalidRequestError as exc:  # not expected after plan(); still a client's fault
         close(items)
         raise APIError(400, str(exc), param="input", code="invalid_value") from exc

@@ -1,6 +1,8 @@
 """The asyncio face of the engine: the step loop runs in its own thread, and each request is an
 async iterator of its outputs.
 
+    engine = AsyncEngine()
+    engine.start(await engine.call(build))  # build the Engine on the engine thread, then run it
     stream = engine.add_request(request_id, prompt_token_ids, params)  # raises at once if refused
     try:
         async for output in stream: ...
@@ -11,11 +13,15 @@ async iterator of its outputs.
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 from app.engine.engine import Engine
 from app.engine.sequence import FinishReason, RequestOutput, SamplingParams
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class EngineDeadError(RuntimeError):
@@ -52,34 +58,43 @@ class RequestStream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self) -> None:
+        # One thread does all the torch work, loading included: OpenMP keeps a thread team per
+        # calling thread, and with a second team alive (say, the loader's) libgomp counts more
+        # threads than cores and cuts its spin-wait, which costs ~10% per step (bench/engine.py).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.engine: Engine | None = None
         self._streams: dict[str, RequestStream] = {}
         self._wakeup = threading.Event()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._running: Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.error: BaseException | None = None  # why the loop died, if it did
 
     # --- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the step loop; call from the event loop that will consume the outputs."""
+    async def call(self, fn: Callable[..., T], *args) -> T:
+        """Run fn(*args) on the engine thread (e.g. build the engine there) before start()."""
+        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+
+    def start(self, engine: Engine) -> None:
+        """Run the step loop on the engine thread; call from the event loop that consumes outputs."""
+        self.engine = engine
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
-        self._thread.start()
+        self._running = self._executor.submit(self._run)
 
     def stop(self) -> None:
         """Stop the loop after the current step; unfinished requests are aborted."""
         self._stopping = True
         self._wakeup.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._running is not None:
+            self._running.result()
+        self._executor.shutdown()
         for request_id in list(self._streams):
             self.abort(request_id)
 
     @property
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        return self._running is not None and not self._running.done() and not self._stopping
 
     @property
     def num_unfinished(self) -> int:

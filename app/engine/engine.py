@@ -60,6 +60,8 @@ class Engine:
             raise InvalidRequestError(
                 f"the prompt has {n} tokens and max_tokens is {params.max_tokens}: together {n + params.max_tokens}, "
                 f"more than this model's maximum context length of {self.max_model_len} tokens", "max_tokens")
+        if params.prompt_logprobs is not None and not 1 <= params.prompt_logprobs_from <= max(n - 1, 1):
+            raise InvalidRequestError(f"prompt_logprobs_from must lie in [1, {max(n - 1, 1)}]", "prompt")
         bad = [t for t in (*params.logit_bias, *params.stop_token_ids) if not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})",

@@ -25,7 +25,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k: the sampled token's logprob and the top k
-    prompt_logprobs: int | None = None  # None: none; k: score every prompt token, with the top k
+    prompt_logprobs: int | None = None  # None: none; k: score prompt tokens, with the top k alternatives
+    prompt_logprobs_from: int = 1  # the first prompt token to score (>= 1: token 0 has no context)
     prompt_stats: bool = False  # with prompt_logprobs: entropy and variance of log p per position
 
     @property
@@ -56,9 +57,9 @@ class TokenLogprob:
 
 @dataclass
 class PromptScores:
-    """Scores of prompt tokens 1..n-1, each given the tokens before it (position 0 has none).
-
-    Lists are aligned: entry i is about prompt token i + 1."""
+    """Scores of prompt tokens f..n-1 (f = SamplingParams.prompt_logprobs_from, 1 by default: token
+    0 has nothing before it), each given the tokens before it. Lists are aligned: entry i is
+    about prompt token f + i."""
 
     token_logprobs: list[float] = field(default_factory=list)
     ranks: list[int] = field(default_factory=list)

@@ -40,20 +40,23 @@ class ModelRunner:
         """Compute one step. Returns one result per decode, then one per prefill chunk."""
         chunks = [(seq, 1) for seq in batch.decodes] + batch.prefills
         ids, positions, slots = [], [], []
+        rows_of: list[int] = []  # packed row of each chunk's first token
         samplers: list[tuple[int, Sequence]] = []  # (packed row, sequence) of rows to sample from
         spans: list[tuple[int, int, int]] = []  # (chunk index, packed row, count) of rows to score
         for i, (seq, n) in enumerate(chunks):
             start, row = seq.num_computed, len(ids)
+            rows_of.append(row)
             ids += seq.prompt_token_ids[start : start + n] if seq.in_prefill else [seq.last_token_id]
             positions += range(start, start + n)
             slots += [seq.slot] * n
             if not seq.in_prefill or (start + n == seq.num_prompt_tokens and seq.params.max_tokens):
                 samplers.append((row + n - 1, seq))
             if seq.in_prefill and seq.params.prompt_logprobs is not None:
-                # position p predicts prompt token p + 1
-                count = min(n, seq.num_prompt_tokens - 1 - start)
+                # position p predicts prompt token p + 1; no lm_head for tokens nobody asked about
+                first = max(start, seq.params.prompt_logprobs_from - 1)
+                count = min(start + n, seq.num_prompt_tokens - 1) - first
                 if count > 0:
-                    spans.append((i, row, count))
+                    spans.append((i, row + first - start, count))
 
         sample_rows = [row for row, _ in samplers]
         score_rows = [r for _, row, count in spans for r in range(row, row + count)]
@@ -71,10 +74,10 @@ class ModelRunner:
                 if id(seq) in by_seq:
                     result.token_id, result.logprob = by_seq[id(seq)]
         offset = len(samplers)
-        for i, _, count in spans:
+        for i, row, count in spans:
             seq = chunks[i][0]
-            start = seq.num_computed + 1
-            targets = seq.prompt_token_ids[start : start + count]
+            first = seq.num_computed + row - rows_of[i] + 1  # the first prompt token scored
+            targets = seq.prompt_token_ids[first : first + count]
             results[i].prompt_scores = self._score(hidden[offset : offset + count], targets, seq)
             offset += count
         return results

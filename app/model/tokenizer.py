@@ -1,6 +1,5 @@
 """The GPT-2 byte-level BPE tokenizer, used at the edge only (the engine speaks token ids)."""
 
-from functools import cached_property
 from pathlib import Path
 
 from transformers import GPT2TokenizerFast
@@ -13,6 +12,8 @@ class Tokenizer:
         self.hf = GPT2TokenizerFast.from_pretrained(str(directory))
         if len(self.hf) == 0:
             raise RuntimeError(f"the tokenizer in {directory} is empty")
+        self.special_ids = frozenset(self.hf.all_special_ids)
+        self._bytes_of = self._byte_table()  # built once here, not inside the first request
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False)
@@ -32,16 +33,13 @@ class Tokenizer:
         except UnicodeDecodeError:
             return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
-    @cached_property
-    def _bytes_of(self) -> list[bytes]:
+    def _byte_table(self) -> list[bytes]:
         # GPT-2 maps every byte to a printable character; invert that map for each vocab entry
         byte_of = {ch: b for b, ch in _bytes_to_unicode().items()}
+        special = set(self.hf.all_special_tokens)
         table = [b""] * len(self.hf)
         for token, token_id in self.hf.get_vocab().items():
-            if token in self.hf.all_special_tokens:
-                table[token_id] = token.encode()
-            else:
-                table[token_id] = bytes(byte_of[ch] for ch in token)
+            table[token_id] = token.encode() if token in special else bytes(byte_of[ch] for ch in token)
         return table
 
     @property

@@ -27,8 +27,8 @@ def run(engine, scenario):
     """Run `scenario(async_engine)` on a fresh loop thread around the shared engine."""
 
     async def main():
-        async_engine = AsyncEngine(engine)
-        async_engine.start()
+        async_engine = AsyncEngine()
+        async_engine.start(engine)
         try:
             return await scenario(async_engine)
         finally:
@@ -170,3 +170,22 @@ def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(sync_engine, 
     (t1, o1), (t2, o2) = run(sync_engine, scenario)
     assert o1[-1].finish_reason is FinishReason.ERROR and "injected" in o1[-1].error and t1 == []
     assert o2[-1].finish_reason is FinishReason.LENGTH and len(t2) == 5
+
+
+def test_prompt_scores_from_a_later_token_equal_the_tail_of_full_scores(sync_engine):
+    prompt = list(range(100, 300))  # 200 tokens: several prefill chunks at a budget of 64
+
+    async def scenario(engine):
+        full = SamplingParams(max_tokens=0, prompt_logprobs=2, prompt_stats=True)
+        tail = SamplingParams(max_tokens=0, prompt_logprobs=2, prompt_stats=True, prompt_logprobs_from=150)
+        a = (await collect(engine, "full", prompt, full))[1][-1].prompt_scores
+        b = (await collect(engine, "tail", prompt, tail))[1][-1].prompt_scores
+        return a, b
+
+    full, tail = run(sync_engine, scenario)
+    assert len(full.token_logprobs) == 199 and len(tail.token_logprobs) == 50
+    assert tail.token_logprobs == pytest.approx(full.token_logprobs[149:], abs=1e-5)
+    assert tail.ranks == full.ranks[149:] and [t for t, _ in tail.top[0]] == [t for t, _ in full.top[149]]
+    assert tail.entropy == pytest.approx(full.entropy[149:], abs=1e-5)
+    with pytest.raises(InvalidRequestError):
+        sync_engine.validate(prompt, SamplingParams(max_tokens=0, prompt_logprobs=0, prompt_logprobs_from=200))

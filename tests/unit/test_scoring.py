@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from app.api.score_schemas import ScoreRequest
 from app.calibrate import auroc, average_ranks, evaluate, read_texts, threshold_at_fpr
-from app.engine.sequence import PromptScores
+from app.engine.sequence import PromptScores, SamplingParams
 from app.scoring import (
     Window,
     fast_detect_gpt,
@@ -20,6 +20,7 @@ from app.scoring import (
     perplexity,
     plan_windows,
     summarize,
+    window_params,
 )
 
 
@@ -97,8 +98,9 @@ def test_random_plans():
 
 
 def window_scores(window: Window) -> PromptScores:
-    """What the engine returns for a window, each entry tagged with the global token it scores."""
-    tokens = range(window.begin + 1, window.end)
+    """What the engine returns for a window run with window_params (its tokens [score_from, end)),
+    each entry tagged with the global token it scores."""
+    tokens = range(window.score_from, window.end)
     return PromptScores(token_logprobs=[-float(t) for t in tokens], ranks=list(tokens),
                         top=[[(t, 0.0)] for t in tokens], entropy=[t / 2 for t in tokens],
                         logprob_variance=[t / 4 for t in tokens])
@@ -112,6 +114,13 @@ def test_merging_windows_keeps_each_token_once_in_order():
     assert merged.token_logprobs == [-float(t) for t in tokens]
     assert merged.top == [[(t, 0.0)] for t in tokens]
     assert merged.entropy == [t / 2 for t in tokens] and merged.logprob_variance == [t / 4 for t in tokens]
+
+
+def test_window_params_ask_the_engine_only_for_the_reported_tokens():
+    params = SamplingParams(max_tokens=0, prompt_logprobs=0)
+    assert window_params(params, Window(0, 10, 1)).prompt_logprobs_from == 1
+    assert window_params(params, Window(40, 56, 50)).prompt_logprobs_from == 10
+    assert params.prompt_logprobs_from == 1  # a copy, not a change
 
 
 def test_merging_refuses_scores_of_the_wrong_length():
