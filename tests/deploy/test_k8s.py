@@ -15,12 +15,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
 
-# The service's HTTP routes and port (the fixed contract, see docs/deploy.md).
-ROUTES = {
-    "/healthz", "/readyz", "/metrics", "/v1/completions", "/v1/score", "/tokenize",
-    "/detokenize", "/tokenizer_info", "/v1/models",
-}
-PORT = 8000
+def app_routes() -> set[str]:
+    """The routes the app really serves (no model is loaded: the lifespan does not run)."""
+    from app.config import Settings
+    from app.main import create_app
+
+    app = create_app(Settings(load_format="dummy"))
+    return set(app.openapi()["paths"]) | {"/metrics"}
+
+
+ROUTES = app_routes()
+PORT = __import__("app.config", fromlist=["Settings"]).Settings().port
 
 
 def find(objects: list[dict], kind: str) -> dict:
