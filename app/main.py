@@ -26,17 +26,24 @@ DESCRIPTION = """OpenAI-compatible completions and log-probability scoring for G
 served from one continuous-batching engine."""
 
 
+# what any API route may answer besides its own responses (documented in /openapi.json)
+ERRORS = {400: {"description": "invalid request (the message names the field)"},
+          401: {"description": "missing or wrong API key (when GPT2_API_KEYS is set)"},
+          404: {"description": "unknown model"}, 413: {"description": "body over GPT2_MAX_REQUEST_BYTES"},
+          503: {"description": "loading, draining, or the engine stopped"}}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(title="gpt2-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.gpt2 = AppState(settings)
     install_error_handlers(app)
     app.include_router(health.router)
-    guarded = [Depends(check_api_key)]
-    app.include_router(models.router, dependencies=guarded)
-    app.include_router(completions.router, dependencies=guarded)
-    app.include_router(score.router, dependencies=guarded)
-    app.include_router(tokenize.router, dependencies=guarded)
+    guarded = {"dependencies": [Depends(check_api_key)], "responses": ERRORS}
+    app.include_router(models.router, **guarded)
+    app.include_router(completions.router, **guarded)
+    app.include_router(score.router, **guarded)
+    app.include_router(tokenize.router, **guarded)
     app.add_middleware(RequestContextMiddleware, state=app.state.gpt2)
     install_metrics(app)  # outermost: it also sees the 413s answered from Content-Length
     return app

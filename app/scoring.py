@@ -83,7 +83,8 @@ def merge_windows(windows: list[Window], scores: list[PromptScores]) -> PromptSc
     merged = PromptScores()
     for window, s in zip(windows, scores, strict=True):
         if len(s.token_logprobs) != window.num_scored:
-            raise ValueError(f"a window scoring {window.num_scored} tokens came back with {len(s.token_logprobs)} scores")
+            raise ValueError(f"a window scoring {window.num_scored} tokens came back with "
+                             f"{len(s.token_logprobs)} scores")
         merged.extend(s)
     return merged
 
