@@ -43,10 +43,11 @@ def build_engine(settings: Settings) -> tuple[Engine, Tokenizer, ModelInfo]:
     if tokenizer.vocab_size > config.vocab_size:
         raise RuntimeError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model only {config.vocab_size}")
     max_model_len = min(settings.max_model_len or config.n_positions, config.n_positions)
-    runner = ModelRunner(loaded.model, settings.max_batch_size, max_model_len, tokenizer.eos_token_id, settings.seed)
+    runner = ModelRunner(loaded.model, settings.max_batch_size, max_model_len, tokenizer.eos_token_id, settings.seed,
+                         vocab_size=tokenizer.vocab_size)
     runner.warm_up()
     scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens, settings.max_queue)
-    engine = Engine(runner, scheduler, max_model_len, config.vocab_size, tokenizer.eos_token_id)
+    engine = Engine(runner, scheduler, max_model_len, runner.vocab_size, tokenizer.eos_token_id)
     info = ModelInfo(settings.model_name, settings.model, str(loaded.device), str(loaded.dtype).removeprefix("torch."),
                      settings.load_format, max_model_len, config.num_parameters)
     log.info("model %s ready on %s (%s, %s weights, %.0fM parameters, max_model_len %d)", info.source, info.device,

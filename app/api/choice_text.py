@@ -8,7 +8,7 @@ a stop string found anywhere ends the choice there, the stop text itself left ou
 import codecs
 from dataclasses import dataclass
 
-from app.engine.sequence import TokenLogprob
+from app.engine.sequence import PromptScores, TokenLogprob
 from app.model.tokenizer import Tokenizer
 
 
@@ -23,31 +23,46 @@ class TokenEntry:
 
 
 class ChoiceText:
+    """The text of one choice: an optional echoed prompt, then the generated tokens. Stop strings
+    are looked for in the generated text only."""
+
     def __init__(self, tokenizer: Tokenizer, stop: list[str], prefix: str = ""):
         self.tokenizer = tokenizer
         self.stop = stop
         self.text = prefix  # everything decoded so far (cut at a stop string once found)
         self.released = 0  # characters of `text` handed out already
         self.stopped = False  # a stop string was found
+        self._generated_from = len(prefix)  # where the generated text begins in `text`
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._entries: list[TokenEntry] = []
         self._entries_released = 0
 
-    def add_prompt(self, token_ids: list[int], logprobs: list[float | None], top: list[dict | None]) -> None:
-        """Echo: the prompt tokens with their scores (None for the first)."""
-        for token_id, lp, alternatives in zip(token_ids, logprobs, top, strict=True):
-            self._add(token_id, lp, alternatives)
+    def add_prompt(self, token_ids: list[int], scores: PromptScores | None) -> None:
+        """Echo: the prompt tokens, with their scores when asked (the first has none)."""
+        for i, token_id in enumerate(token_ids):
+            if scores is None or i == 0:
+                self._add(token_id, None, None)
+            else:
+                self._add(token_id, scores.token_logprobs[i - 1], self._top(scores.top[i - 1], token_id,
+                                                                           scores.token_logprobs[i - 1]))
         self.text += self._decoder.decode(b"", final=True)  # the prompt ends on a whole character
+        self._generated_from = len(self.text)
 
     def add(self, token_id: int, logprob: TokenLogprob | None) -> None:
         """A generated token (ignored once a stop string has ended the choice)."""
         if self.stopped:
             return
-        top = None
-        if logprob is not None:
-            top = {self.tokenizer.token_str(t): lp for t, lp in logprob.top}
-        self._add(token_id, logprob.logprob if logprob else None, top)
+        if logprob is None:
+            self._add(token_id, None, None)
+        else:
+            self._add(token_id, logprob.logprob, self._top(logprob.top, token_id, logprob.logprob))
         self._find_stop()
+
+    def _top(self, alternatives: list[tuple[int, float]], token_id: int, logprob: float) -> dict[str, float]:
+        """The alternatives by token text, plus the token itself, as OpenAI lists them."""
+        top = {self.tokenizer.token_str(t): lp for t, lp in alternatives}
+        top.setdefault(self.tokenizer.token_str(token_id), logprob)
+        return top
 
     def _add(self, token_id: int, logprob: float | None, top: dict | None) -> None:
         self._entries.append(TokenEntry(self.tokenizer.token_str(token_id), logprob, top, len(self.text)))
@@ -55,7 +70,8 @@ class ChoiceText:
             self.text += self._decoder.decode(self.tokenizer.token_bytes(token_id))
 
     def _find_stop(self) -> None:
-        hits = [i for i in (self.text.find(s, self.released) for s in self.stop) if i >= 0]
+        start = max(self.released, self._generated_from)
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
         if hits:
             self.text = self.text[: min(hits)]
             self.stopped = True
@@ -76,9 +92,13 @@ class ChoiceText:
         self._entries_released = count
         return piece, self._entries[first:count]
 
+    @property
+    def released_entries(self) -> list[TokenEntry]:
+        return self._entries[: self._entries_released]
+
     def _held_back(self) -> int:
         """Length of the longest tail of the unreleased text that could begin a stop string."""
-        pending = self.text[self.released :]
+        pending = self.text[max(self.released, self._generated_from) :]
         for k in range(min(len(pending), max((len(s) - 1 for s in self.stop), default=0)), 0, -1):
             if any(s.startswith(pending[-k:]) for s in self.stop):
                 return k

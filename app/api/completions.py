@@ -5,24 +5,19 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from app.api.choice_text import ChoiceText, TokenEntry
 from app.api.deps import ServiceDep, check_model
+from app.api.disconnect import until_done_or_disconnected
 from app.api.errors import APIError, error_body
-from app.api.schemas import (
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionRequest,
-    CompletionResponse,
-    Usage,
-)
-from app.engine.async_engine import EngineDeadError, RequestStream
-from app.engine.engine import InvalidRequestError
-from app.engine.scheduler import QueueFullError
+from app.api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, Usage
+from app.api.submission import check, gather_all, submit_all
+from app.engine.async_engine import RequestStream
 from app.engine.sequence import FinishReason, RequestOutput
 from app.engine.stats import RequestStats
 from app.service import Service
@@ -38,48 +33,36 @@ class Choice:
     prompt_ids: list[int]
     stream: RequestStream
     text: ChoiceText
-    echo: bool
+    echo_scores: bool  # echo the prompt with its logprobs (they come with the first output)
     logprobs: bool
     finish_reason: str | None = None
     completion_tokens: int = 0
     stats: RequestStats | None = None
-    output: str = ""  # the text so far (non-streaming)
-    entries: list[TokenEntry] = field(default_factory=list)
 
     def update(self, output: RequestOutput) -> tuple[str, list[TokenEntry]]:
         """Feed one engine output; return the text and tokens now safe to send."""
-        if output.error:
-            raise APIError(500, f"generation failed: {output.error}", code="engine_error")
-        if output.finish_reason is FinishReason.ABORT:  # not by us: the server is stopping
-            raise APIError(503, "the request was cut off: the server is shutting down", code="draining")
-        if output.prompt_scores is not None and self.echo:
-            scores = output.prompt_scores
-            top = [None] + [dict_of(self.text.tokenizer, alts) for alts in scores.top] if self.logprobs else None
-            self.text.add_prompt(self.prompt_ids, [None, *scores.token_logprobs], top or [None] * len(self.prompt_ids))
+        check(output)
+        if self.echo_scores and output.prompt_scores is not None:
+            self.text.add_prompt(self.prompt_ids, output.prompt_scores if self.logprobs else None)
         for token_id, logprob in zip(output.token_ids, output.logprobs or [None] * len(output.token_ids), strict=True):
             self.text.add(token_id, logprob)
         self.completion_tokens = output.num_output_tokens
-        if self.text.stopped and not output.finished:
-            self.stream.close()  # a stop string ended it: free the slot now
-            self.finish_reason = FinishReason.STOP.value
+        self.stats = output.stats
+        if self.text.stopped:  # a stop string ended it, maybe in the very token that hit max_tokens
+            self.finish_reason = "stop"
+            self.stream.close()  # free the slot now (a no-op if the engine had finished it)
         elif output.finished:
             self.finish_reason = "stop" if output.finish_reason is FinishReason.STOP else "length"
-            self.stats = output.stats
         return self.text.take(final=self.finish_reason is not None)
 
 
-def dict_of(tokenizer, alternatives: list[tuple[int, float]]) -> dict[str, float]:
-    return {tokenizer.token_str(t): lp for t, lp in alternatives}
-
-
-def logprobs_of(entries: list[TokenEntry]) -> CompletionLogprobs:
-    return CompletionLogprobs(tokens=[e.token for e in entries], token_logprobs=[e.logprob for e in entries],
-                              top_logprobs=[e.top for e in entries], text_offset=[e.offset for e in entries])
+def logprobs_of(entries: list[TokenEntry]) -> dict:
+    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [e.top for e in entries], "text_offset": [e.offset for e in entries]}
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, summary="Complete prompts (OpenAI-compatible)",
-             responses={400: {"description": "invalid field or prompt too long"}, 404: {"description": "unknown model"},
-                        429: {"description": "queue full"}, 503: {"description": "not ready or draining"}})
+             responses={429: {"description": "queue full (Retry-After says when to retry)"}})
 async def create_completion(body: CompletionRequest, request: Request, service: ServiceDep):
     check_model(service, body.model)
     prompts = tokenize_prompts(service, body)
@@ -90,17 +73,18 @@ async def create_completion(body: CompletionRequest, request: Request, service: 
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        # the background task runs even when the client leaves before the first chunk
         return StreamingResponse(stream_chunks(choices, prompts, request_id, created, service.info.name,
-                                               include_usage, request), media_type="text/event-stream")
+                                               include_usage, request), media_type="text/event-stream",
+                                 background=BackgroundTask(close, choices))
     try:
         await until_done_or_disconnected(collect(choices), request)
     finally:
-        for choice in choices:
-            choice.stream.close()
+        close(choices)
     response = CompletionResponse(
         id=request_id, created=created, model=service.info.name,
-        choices=[CompletionChoice(index=c.index, text=c.output,
-                                  logprobs=logprobs_of(c.entries) if body.logprobs is not None else None,
+        choices=[CompletionChoice(index=c.index, text=c.text.text[: c.text.released],
+                                  logprobs=logprobs_of(c.text.released_entries) if c.logprobs else None,
                                   finish_reason=c.finish_reason) for c in choices],
         usage=usage(prompts, choices))
     record(request, choices)
@@ -124,66 +108,33 @@ def tokenize_prompts(service: Service, body: CompletionRequest) -> list[list[int
 
 
 def submit(service: Service, body: CompletionRequest, prompts: list[list[int]], request_id: str) -> list[Choice]:
-    """Validate every choice first, then queue them all, or none (429 when the queue is full)."""
-    engine = service.engine
+    """n choices per prompt, queued all together or not at all."""
     params = [body.to_sampling_params(j) for j in range(body.n)]
-    try:
-        for ids in prompts:
-            engine.engine.validate(ids, params[0])
-    except InvalidRequestError as exc:
-        raise APIError(400, str(exc), param=exc.param, code="context_length_exceeded"
-                       if exc.param == "max_tokens" else "invalid_value") from exc
-    choices: list[Choice] = []
-    try:
-        for i, ids in enumerate(prompts):
-            prefix = service.tokenizer.decode(ids) if body.echo and body.logprobs is None else ""
-            for j in range(body.n):
-                index = i * body.n + j
-                stream = engine.add_request(f"{request_id}-{index}", ids, params[j])
-                text = ChoiceText(service.tokenizer, body.stop, prefix)
-                choices.append(Choice(index, ids, stream, text, body.echo and body.logprobs is not None,
-                                      body.logprobs is not None))
-    except (QueueFullError, EngineDeadError) as exc:
-        for choice in choices:
-            choice.stream.close()
-        if isinstance(exc, QueueFullError):
-            raise APIError(429, f"the server is at capacity ({exc}); retry later", code="queue_full",
-                           headers={"Retry-After": "1"}) from exc
-        raise APIError(503, str(exc), code="not_ready") from exc
+    sequences = [(f"{request_id}-{i * body.n + j}", ids, params[j]) for i, ids in enumerate(prompts)
+                 for j in range(body.n)]
+    streams = submit_all(service, sequences, param="n" if body.n > 1 else "prompt")
+    echo_scores = body.echo and body.logprobs is not None
+    choices = []
+    for index, ((_, ids, _), stream) in enumerate(zip(sequences, streams, strict=True)):
+        prefix = service.tokenizer.decode(ids) if body.echo and not echo_scores else ""
+        choices.append(Choice(index, ids, stream, ChoiceText(service.tokenizer, body.stop, prefix), echo_scores,
+                              body.logprobs is not None))
     return choices
+
+
+def close(choices: list[Choice]) -> None:
+    for choice in choices:
+        choice.stream.close()
 
 
 async def collect(choices: list[Choice]) -> None:
     async def one(choice: Choice) -> None:
         async for output in choice.stream:
-            text, entries = choice.update(output)
-            choice.output += text
-            choice.entries += entries
+            choice.update(output)
             if choice.finish_reason is not None:
                 break
 
-    await asyncio.gather(*(one(c) for c in choices))
-
-
-async def until_done_or_disconnected(work, request: Request) -> None:
-    """Await `work`, but give up (and let the caller abort) if the client goes away."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_for_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task not in done:
-            task.cancel()
-            raise asyncio.CancelledError("client disconnected")
-        task.result()
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-
-
-async def wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    await gather_all([one(c) for c in choices])
 
 
 async def stream_chunks(choices: list[Choice], prompts: list[list[int]], request_id: str, created: int, model: str,
@@ -206,7 +157,7 @@ async def stream_chunks(choices: list[Choice], prompts: list[list[int]], request
                 continue
             chunk = {**head, "choices": [{
                 "index": choice.index, "text": text,
-                "logprobs": logprobs_of(entries).model_dump() if choice.logprobs else None,
+                "logprobs": logprobs_of(entries) if choice.logprobs else None,
                 "finish_reason": choice.finish_reason}]}
             if include_usage:
                 chunk["usage"] = None
@@ -219,8 +170,7 @@ async def stream_chunks(choices: list[Choice], prompts: list[list[int]], request
         yield "data: [DONE]\n\n"
         record(request, choices)
     finally:
-        for choice in choices:
-            choice.stream.close()
+        close(choices)
 
 
 async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, RequestOutput]]:

@@ -70,6 +70,9 @@ class CompletionRequest(BaseModel):
     min_tokens: int = Field(0, ge=0, description="Generate at least this many tokens before EOS or a stop token "
                             "may end the choice.", examples=[0])
     ignore_eos: bool = Field(False, description="Keep generating after the end-of-text token.", examples=[False])
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64,
+                                                              description="Token ids that end the choice (kept in "
+                                                              "the token count, not in the text).", examples=[[198]])
 
     @field_validator("stop")
     @classmethod
@@ -85,7 +88,7 @@ class CompletionRequest(BaseModel):
     @classmethod
     def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()):  # "²".isdigit() is True, and int() refuses it
                 raise ValueError(f"keys must be token ids, got {key!r}")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"bias for token {key} must lie in [-100, 100], got {bias}")
@@ -120,6 +123,7 @@ class CompletionRequest(BaseModel):
             min_tokens=self.min_tokens,
             seed=None if self.seed is None else self.seed + choice,
             ignore_eos=self.ignore_eos,
+            stop_token_ids=list(self.stop_token_ids),
             logprobs=self.logprobs,
             prompt_logprobs=self.logprobs if self.echo else None,
         )

@@ -4,7 +4,6 @@ Every input (or window of a long input) is one prefill-only engine sequence: it 
 the other inputs of the call, other score calls and generation. The statistics are app/scoring.py's.
 """
 
-import asyncio
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -12,14 +11,13 @@ from dataclasses import asdict, dataclass, field
 from fastapi import APIRouter, Request
 
 from app.api import score_schemas as schemas
-from app.api.completions import until_done_or_disconnected
 from app.api.deps import ServiceDep, check_model
+from app.api.disconnect import until_done_or_disconnected
 from app.api.errors import APIError
 from app.api.score_schemas import ScoreRequest, ScoreResponse, ScoreResult
-from app.engine.async_engine import EngineDeadError, RequestStream
-from app.engine.engine import InvalidRequestError
-from app.engine.scheduler import QueueFullError
-from app.engine.sequence import FinishReason, PromptScores
+from app.api.submission import check, gather_all, submit_all
+from app.engine.async_engine import RequestStream
+from app.engine.sequence import PromptScores
 from app.engine.stats import RequestStats
 from app.scoring import Summary, Window, merge_windows, plan_windows, summarize, window_params
 from app.service import Service
@@ -118,38 +116,17 @@ def plan(service: Service, body: ScoreRequest) -> list[Item]:
         except ValueError as exc:  # only a max_model_len too small for any stride
             raise APIError(400, str(exc), param="stride", code="invalid_value") from exc
         items.append(Item(i, context_ids, input_ids, windows, scores=[None] * len(windows)))
-    num_sequences = sum(len(item.windows) for item in items)
-    max_queue = service.settings.max_queue
-    if num_sequences > max_queue:
-        raise APIError(400, f"this request needs {num_sequences} engine sequences (one per input, or per window of "
-                       f"a long input) but at most {max_queue} can wait at once (GPT2_MAX_QUEUE); split it",
-                       param="input", code="too_many_inputs")
     return items
 
 
 def submit(service: Service, body: ScoreRequest, items: list[Item], request_id: str) -> None:
-    """Queue every window of every input, or none (429 when the queue is full)."""
-    engine = service.engine
+    """Queue every window of every input, or none."""
     params = body.to_sampling_params()
-    try:
-        for item in items:
-            ids = item.token_ids
-            for window in item.windows:
-                engine.engine.validate(ids[window.begin : window.end], window_params(params, window))
-        for item in items:
-            ids = item.token_ids
-            for w, window in enumerate(item.windows):
-                item.streams.append(engine.add_request(f"{request_id}-{item.index}-{w}", ids[window.begin : window.end],
-                                                       window_params(params, window)))
-    except InvalidRequestError as exc:  # not expected after plan(); still a client's fault
-        close(items)
-        raise APIError(400, str(exc), param="input", code="invalid_value") from exc
-    except (QueueFullError, EngineDeadError) as exc:
-        close(items)
-        if isinstance(exc, QueueFullError):
-            raise APIError(429, f"the server is at capacity ({exc}); retry later", code="queue_full",
-                           headers={"Retry-After": "1"}) from exc
-        raise APIError(503, str(exc), code="not_ready") from exc
+    sequences = [(f"{request_id}-{item.index}-{w}", item.token_ids[window.begin : window.end],
+                  window_params(params, window)) for item in items for w, window in enumerate(item.windows)]
+    streams = iter(submit_all(service, sequences, param="input"))
+    for item in items:
+        item.streams = [next(streams) for _ in item.windows]
 
 
 def close(items: list[Item]) -> None:
@@ -165,15 +142,12 @@ async def collect(items: list[Item]) -> None:
         async for output in item.streams[w]:
             if not output.finished:
                 continue
-            if output.error:
-                raise APIError(500, f"scoring failed: {output.error}", code="engine_error")
-            if output.finish_reason is FinishReason.ABORT:
-                raise APIError(503, "the request was aborted: the server is shutting down", code="aborted")
+            check(output)
             item.scores[w] = output.prompt_scores or PromptScores()
             if output.stats is not None:
                 item.stats.append(output.stats)
 
-    await asyncio.gather(*(one(item, w) for item in items for w in range(len(item.windows))))
+    await gather_all([one(item, w) for item in items for w in range(len(item.windows))])
 
 
 def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScores, summary: Summary) -> ScoreResult:

@@ -9,6 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import torch
+
 from app.engine.scheduler import Scheduler, SchedulerOutput
 from app.engine.sequence import FinishReason, PromptScores, RequestOutput, SamplingParams, Sequence
 from app.engine.stats import RequestStats, StepStats
@@ -44,6 +46,8 @@ class Engine:
         the queue is full."""
         self.validate(prompt_token_ids, params)
         seq = Sequence(request_id, list(prompt_token_ids), params)
+        if params.seed is not None:  # any integer: taken modulo 2**64, as torch's seeds are
+            seq.generator = torch.Generator().manual_seed(params.seed % 2**64)
         with self._lock:
             self.scheduler.add(seq)
         return seq
@@ -156,7 +160,6 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: FinishReason, now: float) -> None:
         self.scheduler.finish(seq, reason)
-        self.runner.sampler.forget(seq.request_id)
         scored = len(seq.prompt_scores.token_logprobs) if seq.prompt_scores else 0
         ttft = seq.first_token_time - seq.arrival_time if seq.first_token_time else None
         seq.stats = RequestStats(seq.request_id, seq.num_prompt_tokens, len(seq.output_token_ids),

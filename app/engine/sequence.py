@@ -3,8 +3,12 @@
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.engine.stats import RequestStats
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -31,7 +35,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < 1e-5  # below that, dividing by it overflows: argmax is the answer
 
     @property
     def uses_penalties(self) -> bool:
@@ -117,6 +121,7 @@ class Sequence:
     first_token_time: float | None = None
     last_token_time: float | None = None
     stats: RequestStats | None = None  # once finished
+    generator: "torch.Generator | None" = None  # its own random stream, when params.seed is set
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -46,6 +46,7 @@ class Prefill:
     length: int
     slot: int
     first_pos: int
+    mask: Tensor | None = None  # [length, first_pos + length] bool when first_pos > 0, else causal
 
 
 @dataclass
@@ -118,7 +119,7 @@ class Block(nn.Module):
             y[: plan.num_decode] = attend_decodes(q[: plan.num_decode], layer_k, layer_v, plan)
         for p in plan.prefills:
             y[p.start : p.start + p.length] = attend_prefill(q[p.start : p.start + p.length],
-                                                             layer_k[p.slot], layer_v[p.slot], p.first_pos)
+                                                             layer_k[p.slot], layer_v[p.slot], p)
         x = x + self.c_proj(y.view(T, -1))
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
@@ -139,18 +140,16 @@ def attend_decodes(q: Tensor, layer_k: Tensor, layer_v: Tensor, plan: AttentionP
     return y.squeeze(2).index_select(0, rows)
 
 
-def attend_prefill(q: Tensor, slot_k: Tensor, slot_v: Tensor, first_pos: int) -> Tensor:
+def attend_prefill(q: Tensor, slot_k: Tensor, slot_v: Tensor, chunk: Prefill) -> Tensor:
     """A chunk of one sequence's prompt, causal, over the keys cached before it and its own.
     q: [n, H, D]; slot_k/v: [H, P, D] -> [n, H, D]."""
-    n = q.shape[0]
-    end = first_pos + n
+    end = chunk.first_pos + chunk.length
     q = q.transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
     k, v = slot_k[None, :, :end], slot_v[None, :, :end]  # [1, H, end, D]
-    if first_pos == 0:
+    if chunk.mask is None:  # the chunk starts the prompt: plain causal attention
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:  # query i sits at position first_pos + i and sees keys 0..first_pos + i
-        mask = torch.ones(n, end, dtype=torch.bool, device=q.device).tril(diagonal=first_pos)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk.mask)
     return y[0].transpose(0, 1)
 
 

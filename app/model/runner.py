@@ -28,55 +28,56 @@ class SequenceResult:
 class ModelRunner:
     """Owns the model, its KV cache (one slot per running sequence) and the sampler."""
 
-    def __init__(self, model: GPT2, num_slots: int, max_len: int, eos_token_id: int | None, seed: int = 0):
+    def __init__(self, model: GPT2, num_slots: int, max_len: int, eos_token_id: int | None, seed: int = 0,
+                 vocab_size: int | None = None):
         param = next(model.parameters())
         self.model = model.eval()
         self.device, self.dtype = param.device, param.dtype
         self.cache = KVCache(model.config, num_slots, max_len, self.device, self.dtype)
         self.sampler = Sampler(eos_token_id, seed)
+        # the tokens the tokenizer knows: a checkpoint may pad its embedding beyond them
+        self.vocab_size = min(vocab_size or model.config.vocab_size, model.config.vocab_size)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """[K, C] -> [K, vocab_size] float32 logits over the tokens the tokenizer knows."""
+        return self.model.logits(hidden)[:, : self.vocab_size]
 
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> list[SequenceResult]:
         """Compute one step. Returns one result per decode, then one per prefill chunk."""
         chunks = [(seq, 1) for seq in batch.decodes] + batch.prefills
         ids, positions, slots = [], [], []
-        rows_of: list[int] = []  # packed row of each chunk's first token
-        samplers: list[tuple[int, Sequence]] = []  # (packed row, sequence) of rows to sample from
-        spans: list[tuple[int, int, int]] = []  # (chunk index, packed row, count) of rows to score
+        samplers: list[tuple[int, int]] = []  # (chunk index, packed row) of the rows to sample from
+        spans: list[tuple[int, int, int, int]] = []  # (chunk index, packed row, count, first token) to score
         for i, (seq, n) in enumerate(chunks):
             start, row = seq.num_computed, len(ids)
-            rows_of.append(row)
             ids += seq.prompt_token_ids[start : start + n] if seq.in_prefill else [seq.last_token_id]
             positions += range(start, start + n)
             slots += [seq.slot] * n
             if not seq.in_prefill or (start + n == seq.num_prompt_tokens and seq.params.max_tokens):
-                samplers.append((row + n - 1, seq))
+                samplers.append((i, row + n - 1))
             if seq.in_prefill and seq.params.prompt_logprobs is not None:
                 # position p predicts prompt token p + 1; no lm_head for tokens nobody asked about
                 first = max(start, seq.params.prompt_logprobs_from - 1)
                 count = min(start + n, seq.num_prompt_tokens - 1) - first
                 if count > 0:
-                    spans.append((i, row + first - start, count))
+                    spans.append((i, row + first - start, count, first + 1))
 
-        sample_rows = [row for row, _ in samplers]
-        score_rows = [r for _, row, count in spans for r in range(row, row + count)]
+        rows = [row for _, row in samplers] + [r for _, row, count, _ in spans for r in range(row, row + count)]
         dev = self.device
-        hidden = self.model(
-            torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), torch.tensor(slots, device=dev),
-            self._plan(batch), self.cache, torch.tensor(sample_rows + score_rows, device=dev, dtype=torch.long))
+        hidden = self.model(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev),
+                            torch.tensor(slots, device=dev), self._plan(batch), self.cache,
+                            torch.tensor(rows, device=dev, dtype=torch.long))
 
         results = [SequenceResult() for _ in chunks]
         if samplers:
-            seqs = [seq for _, seq in samplers]
-            tokens, logprobs = self.sampler.sample(self.model.logits(hidden[: len(samplers)]), seqs)
-            by_seq = {id(seq): (t, lp) for seq, t, lp in zip(seqs, tokens, logprobs, strict=True)}
-            for (seq, _), result in zip(chunks, results, strict=True):
-                if id(seq) in by_seq:
-                    result.token_id, result.logprob = by_seq[id(seq)]
+            seqs = [chunks[i][0] for i, _ in samplers]
+            tokens, logprobs = self.sampler.sample(self.logits(hidden[: len(samplers)]), seqs)
+            for (i, _), token, logprob in zip(samplers, tokens, logprobs, strict=True):
+                results[i].token_id, results[i].logprob = token, logprob
         offset = len(samplers)
-        for i, row, count in spans:
+        for i, _, count, first in spans:
             seq = chunks[i][0]
-            first = seq.num_computed + row - rows_of[i] + 1  # the first prompt token scored
             targets = seq.prompt_token_ids[first : first + count]
             results[i].prompt_scores = self._score(hidden[offset : offset + count], targets, seq)
             offset += count
@@ -85,7 +86,9 @@ class ModelRunner:
     def _plan(self, batch: SchedulerOutput) -> AttentionPlan:
         prefills, start = [], len(batch.decodes)
         for seq, n in batch.prefills:
-            prefills.append(Prefill(start, n, seq.slot, seq.num_computed))
+            first = seq.num_computed  # query i sits at position first + i and sees keys 0..first + i
+            mask = None if first == 0 else torch.ones(n, first + n, dtype=torch.bool).tril(first).to(self.device)
+            prefills.append(Prefill(start, n, seq.slot, first, mask))
             start += n
         plan = AttentionPlan(num_decode=len(batch.decodes), prefills=tuple(prefills))
         if batch.decodes:
@@ -112,7 +115,7 @@ class ModelRunner:
         target_ids = torch.tensor(targets, device=self.device)
         scores = PromptScores()
         for s in range(0, len(targets), SCORE_ROWS):
-            logits = self.model.logits(hidden[s : s + SCORE_ROWS])  # [rows, V]
+            logits = self.logits(hidden[s : s + SCORE_ROWS])  # [rows, V]
             for u in range(0, logits.shape[0], STATS_ROWS):
                 logprobs = logits[u : u + STATS_ROWS].log_softmax(-1)  # [rows, V]
                 ts = score_tokens(logprobs, target_ids[s + u : s + u + STATS_ROWS], k)

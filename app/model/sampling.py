@@ -25,12 +25,7 @@ class Sampler:
 
     def __init__(self, eos_token_id: int | None, seed: int = 0):
         self.eos_token_id = eos_token_id
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self._seeded: dict[str, torch.Generator] = {}
-
-    def forget(self, request_id: str) -> None:
-        """Drop a finished request's generator."""
-        self._seeded.pop(request_id, None)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)  # for unseeded requests
 
     def sample(self, logits: Tensor, seqs: Seq[Sequence]) -> tuple[list[int], list[TokenLogprob | None]]:
         """logits: [B, V] float32, one row per sequence. Returns the chosen token ids and, for
@@ -76,31 +71,28 @@ class Sampler:
 
     def _draw(self, logits: Tensor, seqs: list[Sequence]) -> Tensor:
         """Sample one token per row. logits: [B, V] -> [B]."""
-        dev = logits.device
+        dev, V = logits.device, logits.shape[-1]
         params = [s.params for s in seqs]
         temperature = torch.tensor([p.temperature for p in params], device=dev).unsqueeze(1)
         logits = logits / temperature
-        if any(p.top_k for p in params):
-            logits = keep_top_k(logits, [p.top_k for p in params])
-        if any(p.top_p < 1.0 for p in params):
-            logits = keep_top_p(logits, [p.top_p for p in params])
+        # each filter touches only the rows that use it, so a row's draw never depends on its batch
+        rows = [i for i, p in enumerate(params) if 0 < p.top_k < V]
+        if rows:
+            index = torch.tensor(rows, device=dev)
+            logits[index] = keep_top_k(logits[index], [params[i].top_k for i in rows])
+        rows = [i for i, p in enumerate(params) if p.top_p < 1.0]
+        if rows:
+            index = torch.tensor(rows, device=dev)
+            logits[index] = keep_top_p(logits[index], [params[i].top_p for i in rows])
         probs = logits.softmax(-1)
         if any(p.min_p for p in params):
             min_p = torch.tensor([p.min_p for p in params], device=dev).unsqueeze(1)
             probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
         cdf = probs.cumsum(-1)  # [B, V]
-        u = torch.tensor([self._uniform(s) for s in seqs], device=dev, dtype=cdf.dtype).unsqueeze(1)
-        tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)
-        # a draw can never land on a token of zero probability: step back over such ties
-        return torch.minimum(tokens, (probs > 0).cumsum(-1).argmax(-1))
-
-    def _uniform(self, seq: Sequence) -> float:
-        if seq.params.seed is None:
-            return torch.rand(1, generator=self.generator).item()
-        gen = self._seeded.get(seq.request_id)
-        if gen is None:
-            gen = self._seeded[seq.request_id] = torch.Generator().manual_seed(seq.params.seed)
-        return torch.rand(1, generator=gen).item()
+        u = torch.tensor([torch.rand(1, generator=s.generator or self.generator).item() for s in seqs],
+                         device=dev, dtype=cdf.dtype).unsqueeze(1)
+        # the first token whose cumulative probability passes u * total; it has probability > 0
+        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_(max=V - 1)
 
     @staticmethod
     def _logprobs(raw: Tensor, tokens: Tensor, params: Seq[SamplingParams]) -> list[TokenLogprob | None]:
@@ -164,11 +156,10 @@ def apply_penalties(logits: Tensor, seqs: list[Sequence]) -> Tensor:
 
 
 def keep_top_k(logits: Tensor, top_k: list[int]) -> Tensor:
-    """Mask all but each row's k best logits (k = 0: keep all). Ties with the k-th stay."""
-    V = logits.shape[-1]
-    ks = torch.tensor([k if 0 < k < V else V for k in top_k], device=logits.device)
+    """Mask all but each row's k best logits (0 < k). Ties with the k-th stay."""
+    ks = torch.tensor(top_k, device=logits.device).clamp(max=logits.shape[-1])
     values = logits.topk(int(ks.max()), dim=-1).values  # [B, kmax], descending
-    kth = values.gather(1, (ks - 1).clamp(max=values.shape[1] - 1).unsqueeze(1))
+    kth = values.gather(1, (ks - 1).unsqueeze(1))
     return logits.masked_fill(logits < kth, float("-inf"))
 
 

@@ -57,7 +57,10 @@ def test_logprobs_and_echo(live, hf_model):
     assert lp.tokens[:3] == ["The", " cat", " sat"] and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     assert lp.text_offset[:4] == [0, 3, 7, 11]
     assert len(lp.tokens) == 3 + out.usage.completion_tokens
-    assert all(len(top) == 3 for top in lp.top_logprobs[1:])
+    # the 3 best alternatives, plus the token itself when it is not among them (as OpenAI does)
+    pairs = zip(lp.tokens[1:], lp.top_logprobs[1:], strict=True)
+    assert all(3 <= len(top) <= 4 and token in top for token, top in pairs)
+    assert any(len(top) == 4 for top in lp.top_logprobs[1:3])  # random prompt tokens are rarely in the top 3
     with torch.no_grad():
         ref = hf_model(torch.tensor([prompt_ids])).logits[0].log_softmax(-1)
     for i in (1, 2):
@@ -184,13 +187,62 @@ def test_a_disconnected_non_streaming_request_is_aborted(live):
     import httpx
 
     engine = live.engine.engine
+    ended = []
+    engine.request_listeners.append(lambda stats: ended.append(stats))
     body = {"model": MODEL, "prompt": "Go on", "max_tokens": 480, "ignore_eos": True}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{live.url}/v1/completions", json=body, timeout=0.3)
-    deadline = time.monotonic() + 5
-    while engine.num_running and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert engine.num_running == 0
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{live.url}/v1/completions", json=body, timeout=0.1)
+        deadline = time.monotonic() + 5
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        engine.request_listeners.pop()
+    assert ended[0].finish_reason == "abort" and ended[0].generation_tokens < 480
+
+
+def test_stop_strings_apply_to_generated_text_only(live):
+    client = live.client()
+    base = client.completions.create(model=MODEL, prompt="a b a b", max_tokens=6, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    for logprobs in (None, 1):
+        out = client.completions.create(model=MODEL, prompt="a b a b", max_tokens=6, temperature=0, echo=True,
+                                        logprobs=logprobs, stop=[" b"], extra_body={"ignore_eos": True})
+        expected = "a b a b" + base[: base.find(" b")] if " b" in base else "a b a b" + base
+        assert out.choices[0].text == expected  # " b" in the echoed prompt does not stop anything
+
+
+def test_a_stop_string_completed_by_the_last_token_reports_stop(live):
+    client = live.client()
+    out = client.completions.create(model=MODEL, prompt="Tell me", max_tokens=8, temperature=0, logprobs=0,
+                                    extra_body={"ignore_eos": True})
+    text, last_offset = out.choices[0].text, out.choices[0].logprobs.text_offset[-1]
+    stop = text[last_offset - 1 : last_offset + 1]  # spans the boundary into the 8th and last token
+    again = client.completions.create(model=MODEL, prompt="Tell me", max_tokens=8, temperature=0, stop=[stop],
+                                      extra_body={"ignore_eos": True})
+    assert again.choices[0].finish_reason == "stop" and again.choices[0].text == text[: text.find(stop)]
+
+
+def test_any_integer_seed_works_and_hurts_no_neighbour(live):
+    client = live.client()
+    for seed in (2**64 + 5, -(2**70), 0):
+        out = client.completions.create(model=MODEL, prompt="x", max_tokens=3, seed=seed, n=2)  # raises on a 500
+        assert len(out.choices) == 2 and all(c.finish_reason in ("stop", "length") for c in out.choices)
+    big = client.completions.create(model=MODEL, prompt="x", max_tokens=5, seed=2**64 + 5, temperature=1.0,
+                                    extra_body={"ignore_eos": True})
+    same = client.completions.create(model=MODEL, prompt="x", max_tokens=5, seed=5, temperature=1.0,
+                                     extra_body={"ignore_eos": True})
+    assert big.choices[0].text == same.choices[0].text  # seeds are taken modulo 2**64
+
+
+def test_stop_token_ids_end_the_choice(live):
+    client = live.client()
+    base = client.completions.create(model=MODEL, prompt="Tell me", max_tokens=10, temperature=0, logprobs=0,
+                                     extra_body={"ignore_eos": True})
+    ids = live.http().post("/tokenize", json={"prompt": base.choices[0].logprobs.tokens[3]}).json()["tokens"]
+    out = client.completions.create(model=MODEL, prompt="Tell me", max_tokens=10, temperature=0,
+                                    extra_body={"ignore_eos": True, "stop_token_ids": ids})
+    assert out.choices[0].finish_reason == "stop" and out.usage.completion_tokens <= 4
 
 
 def test_echo_of_a_one_token_prompt(live):

@@ -189,3 +189,63 @@ def test_prompt_scores_from_a_later_token_equal_the_tail_of_full_scores(sync_eng
     assert tail.entropy == pytest.approx(full.entropy[149:], abs=1e-5)
     with pytest.raises(InvalidRequestError):
         sync_engine.validate(prompt, SamplingParams(max_tokens=0, prompt_logprobs=0, prompt_logprobs_from=200))
+
+
+def test_an_abort_during_a_step_is_answered_once_and_frees_the_slot(sync_engine, monkeypatch):
+    import threading
+
+    real_execute = sync_engine.runner.execute
+    live = {}
+
+    def execute_with_an_abort_in_the_middle(batch):
+        results = real_execute(batch)
+        if any(seq.request_id == "victim" for seq in batch.decodes) and "aborted" not in live:
+            done = threading.Event()  # the client's abort lands while this step is still running
+
+            def abort():
+                live["engine"].abort("victim")
+                live["aborted"] = True
+                done.set()
+
+            live["loop"].call_soon_threadsafe(abort)
+            assert done.wait(10)
+        return results
+
+    monkeypatch.setattr(sync_engine.runner, "execute", execute_with_an_abort_in_the_middle)
+
+    async def scenario(engine):
+        live.update(engine=engine, loop=asyncio.get_running_loop())
+        params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+        return await asyncio.gather(collect(engine, "victim", [7, 8, 9], params),
+                                    collect(engine, "bystander", [7, 8, 9], params))
+
+    (victim_tokens, victim), (tokens, bystander) = run(sync_engine, scenario)
+    assert [o.finish_reason for o in victim if o.finished] == [FinishReason.ABORT]  # once, and last
+    assert victim[-1].finish_reason is FinishReason.ABORT and len(victim_tokens) < 30
+    assert len(tokens) == 30 and bystander[-1].finish_reason is FinishReason.LENGTH
+    assert sync_engine.num_running == 0 and sorted(sync_engine.scheduler._free_slots) == list(range(8))
+
+
+def test_a_checkpoint_with_a_padded_vocabulary_never_emits_unknown_tokens(tmp_path):
+    import shutil
+
+    from app.model.loader import PACKAGED_TOKENIZER
+    from tests.conftest import make_hf_model
+
+    model = make_hf_model(vocab_size=50304)  # padded to a multiple of 64, as nanoGPT-trained checkpoints are
+    with torch.no_grad():
+        model.transformer.wte.weight[50257:] *= 50  # the padding rows would win every argmax
+    model.save_pretrained(tmp_path)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(PACKAGED_TOKENIZER / name, tmp_path / name)
+    engine, tokenizer, _ = build_engine(Settings(model=str(tmp_path), max_batch_size=2, max_num_batched_tokens=64))
+    assert engine.vocab_size == tokenizer.vocab_size == 50257
+    with pytest.raises(InvalidRequestError):
+        engine.validate([50300], SamplingParams())
+    engine.add_request("r", [1, 2, 3], SamplingParams(max_tokens=20, temperature=0.0, logprobs=5, ignore_eos=True))
+    outputs = []
+    while engine.has_unfinished():
+        outputs += engine.step()
+    tokens = [t for o in outputs for t in o.token_ids]
+    assert len(tokens) == 20 and max(tokens) < 50257
+    assert all(t < 50257 for o in outputs for lp in o.logprobs for t, _ in lp.top)

@@ -1,10 +1,10 @@
-"""Our forward equals transformers' GPT2LMHeadModel, at prefill and through decode."""
+"""Our forward equals transformers' GPT2LMHeadModel: whole prompts, chunked prompts, decodes from
+scattered cache slots, and decodes and a prefill chunk sharing one forward pass."""
 
 import torch
 
 from app.engine.scheduler import SchedulerOutput
 from app.engine.sequence import SamplingParams, Sequence
-from app.model.gpt2 import AttentionPlan, Prefill
 from app.model.loader import load_model
 from app.model.runner import ModelRunner
 
@@ -16,78 +16,92 @@ def reference_logits(hf_model, ids: list[int]) -> torch.Tensor:
         return hf_model(torch.tensor([ids])).logits[0]  # [n, V]
 
 
-def test_prefill_and_decode_match_transformers(tiny_model_dir, hf_model):
-    model = load_model(tiny_model_dir).model
-    runner = ModelRunner(model, num_slots=4, max_len=512, eos_token_id=None)
-    gen = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in (1, 7, 33, 130)]
-    seqs = [Sequence(str(i), p, SamplingParams(max_tokens=8, temperature=0.0)) for i, p in enumerate(prompts)]
-    for slot, seq in enumerate(seqs):
-        seq.slot = slot
-
-    # prefill all four in one packed step, keeping every position's logits
-    ids = [t for p in prompts for t in p]
-    positions = [i for p in prompts for i in range(len(p))]
-    slots = [s.slot for s in seqs for _ in s.prompt_token_ids]
-    starts = torch.tensor([0, *map(len, prompts)]).cumsum(0).tolist()
-    plan = AttentionPlan(0, prefills=tuple(Prefill(starts[i], len(p), i, 0) for i, p in enumerate(prompts)))
+def step_logits(runner: ModelRunner, decodes: list[Sequence], prefills: list[tuple[Sequence, int]]) -> list:
+    """One packed forward, as runner.execute packs it, returning every token's logits per chunk
+    (and advancing the sequences as the engine would)."""
+    chunks = [(seq, 1) for seq in decodes] + prefills
+    ids, positions, slots = [], [], []
+    for seq, n in chunks:
+        start = seq.num_computed
+        ids += seq.prompt_token_ids[start : start + n] if seq.in_prefill else [seq.last_token_id]
+        positions += range(start, start + n)
+        slots += [seq.slot] * n
+    plan = runner._plan(SchedulerOutput(decodes=decodes, prefills=prefills))
     with torch.inference_mode():
-        hidden = model(torch.tensor(ids), torch.tensor(positions), torch.tensor(slots), plan, runner.cache)
-        logits = model.logits(hidden)
-    for i, p in enumerate(prompts):
-        ours = logits[starts[i] : starts[i + 1]]
-        assert (ours - reference_logits(hf_model, p)).abs().max() <= TOL
+        logits = runner.model.logits(runner.model(torch.tensor(ids), torch.tensor(positions), torch.tensor(slots),
+                                                  plan, runner.cache))
+    out, row = [], 0
+    for seq, n in chunks:
+        out.append(logits[row : row + n])
+        row += n
+        seq.num_computed += n
+    return out
 
-    # then decode greedily, all four in one step each, against a full recompute by transformers
-    for seq in seqs:
-        seq.num_computed = seq.num_prompt_tokens
-        seq.output_token_ids.append(int(reference_logits(hf_model, seq.prompt_token_ids)[-1].argmax()))
-    for _ in range(6):
-        with torch.inference_mode():
-            plan = runner._plan(SchedulerOutput(decodes=seqs))
-            hidden = model(torch.tensor([s.last_token_id for s in seqs]),
-                           torch.tensor([s.num_computed for s in seqs]), torch.tensor([s.slot for s in seqs]),
-                           plan, runner.cache)
-            logits = model.logits(hidden)
-        for seq, row in zip(seqs, logits, strict=True):
-            ref = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
-            assert (row - ref).abs().max() <= TOL
-            seq.num_computed += 1
-            seq.output_token_ids.append(int(ref.argmax()))
+
+def sequences(prompts: list[list[int]], slots: list[int]) -> list[Sequence]:
+    seqs = [Sequence(str(i), p, SamplingParams()) for i, p in enumerate(prompts)]
+    for seq, slot in zip(seqs, slots, strict=True):
+        seq.slot = slot
+    return seqs
+
+
+def greedy_next(hf_model, seq: Sequence) -> None:
+    seq.output_token_ids.append(int(reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
+                                    .argmax()))
+
+
+def random_prompts(seed: int, lengths: tuple[int, ...]) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in lengths]
+
+
+def test_prefill_and_decode_match_transformers(tiny_model_dir, hf_model):
+    runner = ModelRunner(load_model(tiny_model_dir).model, num_slots=4, max_len=512, eos_token_id=None)
+    prompts = random_prompts(1, (1, 7, 33, 130))
+    seqs = sequences(prompts, [0, 1, 2, 3])
+    for seq, ours in zip(seqs, step_logits(runner, [], [(s, s.num_prompt_tokens) for s in seqs]), strict=True):
+        assert (ours - reference_logits(hf_model, seq.prompt_token_ids)).abs().max() <= TOL
+        greedy_next(hf_model, seq)
+    for _ in range(6):  # token-by-token decode, all four in each step
+        for seq, ours in zip(seqs, step_logits(runner, seqs, []), strict=True):
+            expected = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
+            assert (ours[0] - expected).abs().max() <= TOL
+            greedy_next(hf_model, seq)
 
 
 def test_chunked_prefill_and_scattered_slots_match_transformers(tiny_model_dir, hf_model):
-    """A prompt prefilled in chunks (attending to its cached part), then decodes from slots with
-    holes between them, against transformers on the whole sequence."""
-    model = load_model(tiny_model_dir).model
-    runner = ModelRunner(model, num_slots=6, max_len=512, eos_token_id=None)
-    gen = torch.Generator().manual_seed(2)
-    prompt = torch.randint(0, 50257, (130,), generator=gen).tolist()
-    ref = reference_logits(hf_model, prompt)
-    with torch.inference_mode():
-        for start in range(0, 130, 50):
-            n = min(50, 130 - start)
-            plan = AttentionPlan(0, prefills=(Prefill(0, n, 4, start),))
-            hidden = model(torch.tensor(prompt[start : start + n]), torch.arange(start, start + n),
-                           torch.full((n,), 4), plan, runner.cache)
-            assert (model.logits(hidden) - ref[start : start + n]).abs().max() <= TOL
+    runner = ModelRunner(load_model(tiny_model_dir).model, num_slots=6, max_len=512, eos_token_id=None)
+    long, short = random_prompts(2, (130, 9))
+    seqs = sequences([long, short], [4, 1])  # slots 2 and 3 are holes in the range the decodes span
+    ref = reference_logits(hf_model, long)
+    for start in range(0, 130, 50):  # the long prompt in chunks, each attending to its cached part
+        (ours,) = step_logits(runner, [], [(seqs[0], min(50, 130 - start))])
+        assert (ours - ref[start : start + 50]).abs().max() <= TOL
+    step_logits(runner, [], [(seqs[1], 9)])
+    for seq in seqs:
+        greedy_next(hf_model, seq)
+    for _ in range(3):
+        for seq, ours in zip(seqs, step_logits(runner, seqs, []), strict=True):
+            expected = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
+            assert (ours[0] - expected).abs().max() <= TOL
+            greedy_next(hf_model, seq)
 
-    other = torch.randint(0, 50257, (9,), generator=gen).tolist()
-    seqs = [Sequence("a", prompt, SamplingParams()), Sequence("b", other, SamplingParams())]
-    seqs[0].slot, seqs[1].slot = 4, 1  # slots 2 and 3 are holes in the range the decodes span
-    with torch.inference_mode():
-        plan = AttentionPlan(0, prefills=(Prefill(0, 9, 1, 0),))
-        model(torch.tensor(other), torch.arange(9), torch.full((9,), 1), plan, runner.cache)
-        for seq in seqs:
-            seq.num_computed = seq.num_prompt_tokens
-            seq.output_token_ids.append(int(reference_logits(hf_model, seq.prompt_token_ids)[-1].argmax()))
-        for _ in range(3):
-            plan = runner._plan(SchedulerOutput(decodes=seqs))
-            logits = model.logits(model(torch.tensor([s.last_token_id for s in seqs]),
-                                        torch.tensor([s.num_computed for s in seqs]),
-                                        torch.tensor([s.slot for s in seqs]), plan, runner.cache))
-            for seq, row in zip(seqs, logits, strict=True):
-                expected = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
-                assert (row - expected).abs().max() <= TOL
-                seq.num_computed += 1
-                seq.output_token_ids.append(int(expected.argmax()))
+
+def test_decodes_and_prefill_chunks_in_one_forward_match_transformers(tiny_model_dir, hf_model):
+    runner = ModelRunner(load_model(tiny_model_dir).model, num_slots=8, max_len=512, eos_token_id=None)
+    a, b, c = random_prompts(3, (20, 45, 90))
+    decoding = sequences([a, b], [5, 2])
+    step_logits(runner, [], [(s, s.num_prompt_tokens) for s in decoding])
+    for seq in decoding:
+        greedy_next(hf_model, seq)
+    (prefilling,) = sequences([c], [3])
+    prefilling.request_id = "c"
+    ref = reference_logits(hf_model, c)
+    for start in (0, 40):  # two mixed steps: decodes plus a chunk that starts the prompt, then one that continues it
+        n = 40 if start == 0 else 50
+        *decoded, chunk = step_logits(runner, decoding, [(prefilling, n)])
+        assert (chunk - ref[start : start + n]).abs().max() <= TOL
+        for seq, ours in zip(decoding, decoded, strict=True):
+            expected = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
+            assert (ours[0] - expected).abs().max() <= TOL
+            greedy_next(hf_model, seq)

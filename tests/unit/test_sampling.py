@@ -16,6 +16,8 @@ def seqs(*params: SamplingParams, outputs=None) -> list[Sequence]:
     for i, p in enumerate(params):
         s = Sequence(f"r{i}", [1, 2, 3], p)
         s.output_token_ids = list((outputs or {}).get(i, []))
+        if p.seed is not None:  # as Engine.add_request does
+            s.generator = torch.Generator().manual_seed(p.seed)
         out.append(s)
     return out
 
@@ -67,10 +69,12 @@ def test_top_k_top_p_min_p_restrict_the_support():
     def support(**kw):
         return {sampler.sample(x, seqs(SamplingParams(temperature=1.0, **kw)))[0][0] for _ in range(300)}
 
-    assert support(top_k=3) <= set(order[:3])
+    top3 = support(top_k=3)
+    assert top3 <= set(order[:3]) and len(top3) > 1
     nucleus = set(order[: int((probs[order].cumsum(0) < 0.5).sum()) + 1])
-    assert support(top_p=0.5) <= nucleus
-    assert support(min_p=0.5) <= {t for t in range(V) if probs[t] >= 0.5 * probs.max()}
+    assert support(top_p=0.5) <= nucleus and len(nucleus) > 1 and len(support(top_p=0.5)) > 1
+    near_best = {t for t in range(V) if probs[t] >= 0.5 * probs.max()}
+    assert support(min_p=0.5) <= near_best and len(support(top_p=1.0, min_p=0.0)) > len(near_best)
 
 
 def test_keep_top_p_matches_a_full_sort_also_when_the_candidates_fall_short():
@@ -86,9 +90,9 @@ def test_keep_top_p_matches_a_full_sort_also_when_the_candidates_fall_short():
             assert int(out[row].isfinite().sum()) == need
 
 
-def test_keep_top_k_keeps_ties_and_zero_means_off():
+def test_keep_top_k_keeps_ties_and_caps_k_at_the_vocabulary():
     x = torch.tensor([[3.0, 2.0, 2.0, 1.0], [3.0, 2.0, 2.0, 1.0]])
-    out = keep_top_k(x, [2, 0])
+    out = keep_top_k(x, [2, 9])
     assert out[0].isfinite().tolist() == [True, True, True, False] and out[1].isfinite().all()
 
 
@@ -125,11 +129,28 @@ def test_a_seeded_row_draws_the_same_alone_or_in_any_batch():
     x = logits(5, seed=4)
     seeded = SamplingParams(temperature=1.0, seed=7)
     alone = Sampler(EOS, seed=0)
-    first = [alone.sample(x[2:3], seqs(seeded))[0][0] for _ in range(20)]
+    single = seqs(seeded)
+    first = [alone.sample(x[2:3], single)[0][0] for _ in range(20)]
     crowd = Sampler(EOS, seed=99)
     batch = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.0), seeded, SamplingParams(top_k=3),
              SamplingParams(temperature=0.5, seed=1)]
     group = seqs(*batch)
-    group[2].request_id = "r0"  # the generator follows the request, not the row
     second = [crowd.sample(x, group)[0][2] for _ in range(20)]
     assert first == second and len(set(first)) > 1
+
+
+def test_rows_without_top_k_or_top_p_are_untouched_by_their_neighbours():
+    """A default row draws the same whether or not other rows in the batch filter theirs."""
+    x = logits(3, seed=6)
+    plain = SamplingParams(temperature=1.0, seed=11)
+    group = seqs(plain, SamplingParams(temperature=1.0, top_k=2), SamplingParams(temperature=1.0, top_p=0.3))
+    single = seqs(plain)
+    mixed = [Sampler(EOS).sample(x, group)[0][0] for _ in range(31)]
+    solo = [Sampler(EOS).sample(x[:1], single)[0][0] for _ in range(31)]
+    assert mixed == solo and len(set(solo)) > 1
+
+
+def test_a_tiny_temperature_is_greedy():
+    x = logits(2, seed=8)
+    tokens, _ = Sampler(EOS).sample(x, seqs(SamplingParams(temperature=1e-40), SamplingParams(temperature=1e-6)))
+    assert tokens == x.argmax(-1).tolist()
