@@ -87,15 +87,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class ErrorDetail(BaseModel):
-    message: str = Field(..., description="What is wrong, naming the offending field.")
+    message: str = Field(..., description="What is wrong, naming the offending field.",
+                         examples=["temperature: Input should be less than or equal to 2"])
     type: str = Field(..., description="invalid_request_error, authentication_error, not_found_error, "
-                      "rate_limit_error, service_unavailable or internal_error.")
-    param: str | None = Field(None, description="The request field at fault, when there is one.")
-    code: str | None = Field(None, description="A stable machine-readable reason, e.g. queue_full.")
+                      "rate_limit_error, service_unavailable or internal_error.", examples=["invalid_request_error"])
+    param: str | None = Field(None, description="The request field at fault, when there is one.",
+                              examples=["temperature"])
+    code: str | None = Field(None, description="A stable machine-readable reason, e.g. queue_full; null when there "
+                             "is none.", examples=["invalid_value"])
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorDetail
+    error: ErrorDetail = Field(..., description="The error, in OpenAI's shape.", examples=[{
+        "message": "temperature: Input should be less than or equal to 2", "type": "invalid_request_error",
+        "param": "temperature", "code": "invalid_value"}])
 
 
 def document_errors(app: FastAPI) -> None:

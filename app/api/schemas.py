@@ -131,35 +131,56 @@ class CompletionRequest(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str] = Field(default_factory=list, description="Each returned token's text (`bytes:\\xNN` for "
-                              "part of a UTF-8 character).")
+                              "part of a UTF-8 character), echoed prompt tokens first.",
+                              examples=[[" Paris", "."]])
     token_logprobs: list[float | None] = Field(default_factory=list, description="Each token's logprob; null for "
-                                               "the first prompt token.")
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list, description="The most likely "
-                                                        "alternatives at each position.")
-    text_offset: list[int] = Field(default_factory=list, description="Character offset of each token in `text`.")
+                                               "the first prompt token.", examples=[[-1.52, -0.87]])
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list, description="At each position, the "
+                                                        "`logprobs` most likely tokens (text -> logprob), plus the "
+                                                        "chosen token when it is not among them; null for the "
+                                                        "first prompt token.",
+                                                        examples=[[{" Paris": -1.52, " the": -2.1},
+                                                                   {".": -0.87, ",": -1.9}]])
+    text_offset: list[int] = Field(default_factory=list, description="Character offset of each token in the "
+                                   "choice's `text` (echoed prompt included).", examples=[[0, 6]])
 
 
 class CompletionChoice(BaseModel):
-    index: int = Field(..., description="prompt index * n + choice number, as OpenAI numbers them.")
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = Field(None, description="stop: EOS or a stop string; "
-                                                            "length: max_tokens or the context is full.")
+    index: int = Field(..., description="prompt index * n + choice number, as OpenAI numbers them.", examples=[0])
+    text: str = Field(..., description="The generated text, after the prompt when echo; a stop string that ended "
+                      "it is left out.", examples=[" Paris."])
+    logprobs: CompletionLogprobs | None = Field(None, description="Per-token logprobs; null unless the request "
+                                                "set `logprobs`.", examples=[{
+                                                    "tokens": [" Paris", "."], "token_logprobs": [-1.52, -0.87],
+                                                    "top_logprobs": [{" Paris": -1.52}, {".": -0.87}],
+                                                    "text_offset": [0, 6]}])
+    finish_reason: Literal["stop", "length"] | None = Field(None, description="stop: EOS, a stop string or a stop "
+                                                            "token id; length: max_tokens or the context is full. "
+                                                            "null in a stream's chunks before the choice's last.",
+                                                            examples=["stop"])
 
 
 class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    prompt_tokens: int = Field(..., description="Tokens of the prompts, each prompt counted once (even with n > 1).",
+                               examples=[5])
+    completion_tokens: int = Field(..., description="Tokens generated, summed over all choices (echoed prompt "
+                                   "tokens not included).", examples=[8])
+    total_tokens: int = Field(..., description="prompt_tokens + completion_tokens.", examples=[13])
 
 
 class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
+    id: str = Field(..., description="The request's id: `cmpl-` and a random hex string.",
+                    examples=["cmpl-9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d"])
+    object: Literal["text_completion"] = Field("text_completion", description="Always `text_completion`.",
+                                               examples=["text_completion"])
+    created: int = Field(..., description="Unix time (seconds) of the request.", examples=[1700000000])
+    model: str = Field(..., description="The served model's name.", examples=["gpt2"])
+    choices: list[CompletionChoice] = Field(..., description="n choices per prompt, in `index` order.",
+                                            examples=[[{"index": 0, "text": " Paris.", "logprobs": None,
+                                                        "finish_reason": "stop"}]])
+    usage: Usage | None = Field(None, description="Token counts of the whole request (in a stream: null except in "
+                                "the last chunk, sent with stream_options.include_usage).",
+                                examples=[{"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}])
 
 
 class TokenizeRequest(BaseModel):
@@ -170,9 +191,11 @@ class TokenizeRequest(BaseModel):
 
 
 class TokenizeResponse(BaseModel):
-    tokens: list[int] = Field(..., examples=[[15496, 995]])
-    count: int = Field(..., examples=[2])
-    max_model_len: int = Field(..., examples=[1024])
+    tokens: list[int] = Field(..., description="The prompt's GPT-2 token ids (no special tokens added).",
+                              examples=[[15496, 995]])
+    count: int = Field(..., description="Number of tokens.", examples=[2])
+    max_model_len: int = Field(..., description="The served model's longest prompt + completion, in tokens.",
+                               examples=[1024])
 
 
 class DetokenizeRequest(BaseModel):
@@ -181,32 +204,43 @@ class DetokenizeRequest(BaseModel):
 
 
 class DetokenizeResponse(BaseModel):
-    prompt: str = Field(..., examples=["Hello world"])
+    prompt: str = Field(..., description="The text of the token ids (special tokens kept).", examples=["Hello world"])
 
 
 class TokenizerInfo(BaseModel):
-    tokenizer_class: str = Field(..., examples=["GPT2TokenizerFast"])
-    eos_token: str | None = Field(..., examples=["<|endoftext|>"])
-    eos_token_id: int | None = Field(..., examples=[50256])
-    bos_token: str | None = Field(..., examples=["<|endoftext|>"])
-    pad_token: str | None = Field(..., examples=[None])
-    vocab_size: int = Field(..., examples=[50257])
-    model_max_length: int = Field(..., examples=[1024])
+    tokenizer_class: str = Field(..., description="Class name of the Hugging Face tokenizer.",
+                                 examples=["GPT2TokenizerFast"])
+    eos_token: str | None = Field(..., description="The end-of-text token; null if the tokenizer has none.",
+                                  examples=["<|endoftext|>"])
+    eos_token_id: int | None = Field(..., description="Its id; null if there is none.", examples=[50256])
+    bos_token: str | None = Field(..., description="The beginning-of-text token; null if there is none.",
+                                  examples=["<|endoftext|>"])
+    pad_token: str | None = Field(..., description="The padding token; null if there is none (as for GPT-2).",
+                                  examples=[None])
+    vocab_size: int = Field(..., description="Number of tokens, added tokens included.", examples=[50257])
+    model_max_length: int = Field(..., description="The served model's longest prompt + completion, in tokens "
+                                  "(max_model_len).", examples=[1024])
 
 
 class ModelCard(BaseModel):
-    id: str = Field(..., examples=["gpt2"])
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "gpt2-serve"
-    root: str = Field(..., description="GPT2_MODEL: the hub id or directory it was loaded from.")
-    max_model_len: int
-    device: str
-    dtype: str
-    load_format: str = Field(..., description="`dummy` means RANDOM weights: outputs are meaningless.")
-    num_parameters: int
+    id: str = Field(..., description="The name clients pass as `model` (GPT2_SERVED_MODEL_NAME, else GPT2_MODEL).",
+                    examples=["gpt2"])
+    object: Literal["model"] = Field("model", description="Always `model`.", examples=["model"])
+    created: int = Field(..., description="Unix time (seconds) when the server started.", examples=[1700000000])
+    owned_by: str = Field("gpt2-serve", description="Always `gpt2-serve`.", examples=["gpt2-serve"])
+    root: str = Field(..., description="GPT2_MODEL: the hub id or directory it was loaded from.", examples=["gpt2"])
+    max_model_len: int = Field(..., description="Longest prompt + completion, in tokens.", examples=[1024])
+    device: str = Field(..., description="The torch device the model runs on.", examples=["cuda"])
+    dtype: str = Field(..., description="The weights' dtype: float32, bfloat16 or float16.", examples=["bfloat16"])
+    load_format: str = Field(..., description="`dummy` means RANDOM weights: outputs are meaningless.",
+                             examples=["auto"])
+    num_parameters: int = Field(..., description="Parameter count, the lm_head tied to the token embedding.",
+                                examples=[124439808])
 
 
 class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
+    object: Literal["list"] = Field("list", description="Always `list`.", examples=["list"])
+    data: list[ModelCard] = Field(..., description="The one model this replica serves.", examples=[[{
+        "id": "gpt2", "object": "model", "created": 1700000000, "owned_by": "gpt2-serve", "root": "gpt2",
+        "max_model_len": 1024, "device": "cuda", "dtype": "bfloat16", "load_format": "auto",
+        "num_parameters": 124439808}]])

@@ -93,8 +93,8 @@ class ScoreRequest(BaseModel):
 class TopLogprob(BaseModel):
     token: str = Field(..., description="The token's text (`bytes:\\xNN` for part of a UTF-8 character).",
                        examples=[" the"])
-    token_id: int = Field(..., examples=[262])
-    logprob: float = Field(..., examples=[-1.25])
+    token_id: int = Field(..., description="The token's id.", examples=[262])
+    logprob: float = Field(..., description="Its logprob (natural log) at this position.", examples=[-1.25])
 
 
 class GLTRBuckets(BaseModel):
@@ -105,7 +105,8 @@ class GLTRBuckets(BaseModel):
 
 
 class Detection(BaseModel):
-    gltr: GLTRBuckets = Field(..., description="GLTR's rank buckets (Gehrmann et al., 2019).")
+    gltr: GLTRBuckets = Field(..., description="GLTR's rank buckets (Gehrmann et al., 2019).",
+                              examples=[{"top_10": 0.62, "top_100": 0.2, "top_1000": 0.12, "rest": 0.06}])
     mean_log_rank: float = Field(..., description="Mean natural log of the 1-based rank; lower looks more "
                                  "machine-like.", examples=[1.9])
     mean_entropy: float | None = Field(..., description="Mean entropy (nats) of the model's predictive "
@@ -127,7 +128,11 @@ class ScoreResult(BaseModel):
                                            "the number of tokens strictly more likely: ties count in its favour); "
                                            "null where the logprob is.", examples=[[None, 412]])
     top_logprobs: list[list[TopLogprob] | None] | None = Field(None, description="The top_logprobs most likely "
-                                                               "tokens at each position, when asked.")
+                                                               "tokens at each position, most likely first; the "
+                                                               "first is null when there is no context. null "
+                                                               "unless top_logprobs > 0 and return_tokens.",
+                                                               examples=[[None, [{"token": " cat", "token_id": 3797,
+                                                                                  "logprob": -5.2}]]])
     num_context_tokens: int = Field(..., description="Tokens of the context (0 without one).", examples=[0])
     num_tokens: int = Field(..., description="Tokens scored.", examples=[9])
     sum_logprob: float = Field(..., description="Sum of the scored tokens' logprobs (the loglikelihood).",
@@ -141,7 +146,9 @@ class ScoreResult(BaseModel):
     num_windows: int = Field(..., description="Engine sequences that scored the input (more than 1 with the "
                              "sliding window).", examples=[1])
     detection: Detection | None = Field(None, description="Detection statistics; null unless detect, or when "
-                                        "nothing was scored.")
+                                        "nothing was scored.", examples=[{
+                                            "gltr": {"top_10": 0.62, "top_100": 0.2, "top_1000": 0.12, "rest": 0.06},
+                                            "mean_log_rank": 1.9, "mean_entropy": 3.4, "fast_detect_gpt": 1.7}])
 
 
 class ScoreUsage(BaseModel):
@@ -151,9 +158,14 @@ class ScoreUsage(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    id: str = Field(..., examples=["score-3f2a"])
-    object: Literal["score"] = "score"
-    created: int = Field(..., examples=[1700000000])
-    model: str = Field(..., examples=["gpt2"])
-    data: list[ScoreResult]
-    usage: ScoreUsage
+    id: str = Field(..., description="The request's id: `score-` and a random hex string.",
+                    examples=["score-d62c2548824040539daea23e1a30518e"])
+    object: Literal["score"] = Field("score", description="Always `score`.", examples=["score"])
+    created: int = Field(..., description="Unix time (seconds) of the response.", examples=[1700000000])
+    model: str = Field(..., description="The served model's name.", examples=["gpt2"])
+    data: list[ScoreResult] = Field(..., description="One result per input, in request order.", examples=[[{
+        "index": 0, "tokens": None, "token_ids": None, "token_logprobs": None, "ranks": None, "top_logprobs": None,
+        "num_context_tokens": 0, "num_tokens": 9, "sum_logprob": -52.3, "mean_logprob": -5.81, "perplexity": 333.6,
+        "is_greedy": False, "num_windows": 1, "detection": None}]])
+    usage: ScoreUsage = Field(..., description="Token counts of the whole request.",
+                              examples=[{"prompt_tokens": 10, "scored_tokens": 9, "total_tokens": 10}])
