@@ -69,7 +69,6 @@ class AsyncEngine:
         self._stopping = False
         self._running: Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None  # why the loop died, if it did
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def call(self, fn: Callable[..., T], *args) -> T:
@@ -142,7 +141,6 @@ class AsyncEngine:
                     self._loop.call_soon_threadsafe(self._deliver, outputs)
         except BaseException as exc:  # never reached by a failing step: the engine absorbs those
             log.exception("the engine loop died")
-            self.error = exc
             self._loop.call_soon_threadsafe(self._fail_all, f"the engine loop died: {exc!r}")
 
     def _fail_all(self, message: str) -> None:

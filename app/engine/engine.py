@@ -180,4 +180,4 @@ class Engine:
     @staticmethod
     def _output(seq: Sequence, token_ids=(), logprobs=(), prompt_scores=None, error=None) -> RequestOutput:
         return RequestOutput(seq.request_id, list(token_ids), list(logprobs), prompt_scores, seq.finish_reason,
-                             error, seq.num_prompt_tokens, len(seq.output_token_ids), seq.stats)
+                             error, len(seq.output_token_ids), seq.stats)

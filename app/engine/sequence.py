@@ -87,7 +87,6 @@ class RequestOutput:
     prompt_scores: PromptScores | None = None
     finish_reason: FinishReason | None = None
     error: str | None = None
-    num_prompt_tokens: int = 0
     num_output_tokens: int = 0  # total so far
     stats: RequestStats | None = None  # on the last output
 
@@ -138,7 +137,3 @@ class Sequence:
     @property
     def last_token_id(self) -> int:
         return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
-
-    def token_id(self, i: int) -> int:
-        n = len(self.prompt_token_ids)
-        return self.prompt_token_ids[i] if i < n else self.output_token_ids[i - n]

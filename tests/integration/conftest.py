@@ -41,6 +41,13 @@ class LiveServer:
         self.thread.join(30)
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def start_server(**overrides) -> LiveServer:
     settings = Settings(**{"max_batch_size": 16, "max_num_batched_tokens": 256, "max_queue": 64, **overrides})
     app = create_app(settings)

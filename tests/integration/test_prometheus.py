@@ -26,7 +26,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -36,7 +35,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.conftest import start_server
+from tests.integration.conftest import free_port, start_server
 from tests.integration.test_metrics import alert_exprs, dashboard_exprs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,11 +53,6 @@ def tool(name: str) -> str:
         pytest.fail(message)
     pytest.skip(message)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -50,6 +50,14 @@ def greedy_next(hf_model, seq: Sequence) -> None:
                                     .argmax()))
 
 
+def assert_decodes_match(hf_model, seqs: list[Sequence], logits: list) -> None:
+    """Each decode's logits equal transformers' on the whole sequence; then append its greedy token."""
+    for seq, ours in zip(seqs, logits, strict=True):
+        expected = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
+        assert (ours[0] - expected).abs().max() <= TOL
+        greedy_next(hf_model, seq)
+
+
 def random_prompts(seed: int, lengths: tuple[int, ...]) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(0, 50257, (n,), generator=gen).tolist() for n in lengths]
@@ -63,10 +71,7 @@ def test_prefill_and_decode_match_transformers(tiny_model_dir, hf_model):
         assert (ours - reference_logits(hf_model, seq.prompt_token_ids)).abs().max() <= TOL
         greedy_next(hf_model, seq)
     for _ in range(6):  # token-by-token decode, all four in each step
-        for seq, ours in zip(seqs, step_logits(runner, seqs, []), strict=True):
-            expected = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
-            assert (ours[0] - expected).abs().max() <= TOL
-            greedy_next(hf_model, seq)
+        assert_decodes_match(hf_model, seqs, step_logits(runner, seqs, []))
 
 
 def test_chunked_prefill_and_scattered_slots_match_transformers(tiny_model_dir, hf_model):
@@ -81,10 +86,7 @@ def test_chunked_prefill_and_scattered_slots_match_transformers(tiny_model_dir, 
     for seq in seqs:
         greedy_next(hf_model, seq)
     for _ in range(3):
-        for seq, ours in zip(seqs, step_logits(runner, seqs, []), strict=True):
-            expected = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
-            assert (ours[0] - expected).abs().max() <= TOL
-            greedy_next(hf_model, seq)
+        assert_decodes_match(hf_model, seqs, step_logits(runner, seqs, []))
 
 
 def test_decodes_and_prefill_chunks_in_one_forward_match_transformers(tiny_model_dir, hf_model):
@@ -101,7 +103,4 @@ def test_decodes_and_prefill_chunks_in_one_forward_match_transformers(tiny_model
         n = 40 if start == 0 else 50
         *decoded, chunk = step_logits(runner, decoding, [(prefilling, n)])
         assert (chunk - ref[start : start + n]).abs().max() <= TOL
-        for seq, ours in zip(decoding, decoded, strict=True):
-            expected = reference_logits(hf_model, seq.prompt_token_ids + seq.output_token_ids)[-1]
-            assert (ours[0] - expected).abs().max() <= TOL
-            greedy_next(hf_model, seq)
+        assert_decodes_match(hf_model, decoding, decoded)
