@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0, description="Seconds admitted requests get to finish "
                                  "after SIGTERM before the process exits.")
 
+    # --- extras ------------------------------------------------------------------------------
+    ui: bool = Field(True, description="Serve the page at /ui (scoring and generation in a browser).")
+    detector: str | None = Field(None, description="Directory of a judge trained by `gpt2-serve train-detector`: "
+                                 "/v1/score with detect=true adds its machine probability and verdict.")
+
     # --- observability -----------------------------------------------------------------------
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line; "
                                                 "text: for a terminal.")

@@ -15,6 +15,7 @@ from app.api import completions, health, models, score, tokenize
 from app.api.context import RequestContextMiddleware
 from app.api.deps import AppState, check_api_key
 from app.api.errors import install_error_handlers
+from app.api.ui import install_ui
 from app.config import Settings
 from app.engine.async_engine import AsyncEngine
 from app.metrics import install_metrics
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(completions.router, **guarded)
     app.include_router(score.router, **guarded)
     app.include_router(tokenize.router, **guarded)
+    if settings.ui:
+        install_ui(app)
     app.add_middleware(RequestContextMiddleware, state=app.state.gpt2)
     install_metrics(app)  # outermost: it also sees the 413s answered from Content-Length
     return app

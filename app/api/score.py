@@ -164,6 +164,8 @@ def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScore
     out.tokens = [token_str(t) for t in item.input_ids]
     out.token_logprobs = pad + merged.token_logprobs
     out.ranks = pad + merged.ranks
+    if body.detect:
+        out.entropies = pad + merged.entropy
     if body.top_logprobs:
         top = schemas.TopLogprob
         out.top_logprobs = pad + [[top(token=token_str(t), token_id=t, logprob=lp) for t, lp in alternatives]

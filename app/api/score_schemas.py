@@ -133,6 +133,10 @@ class ScoreResult(BaseModel):
                                                                "unless top_logprobs > 0 and return_tokens.",
                                                                examples=[[None, [{"token": " cat", "token_id": 3797,
                                                                                   "logprob": -5.2}]]])
+    entropies: list[float | None] | None = Field(None, description="Entropy (nats) of the model's predictive "
+                                                 "distribution at each token's position; the first is null when "
+                                                 "there is no context. null unless detect and return_tokens.",
+                                                 examples=[[None, 4.7]])
     num_context_tokens: int = Field(..., description="Tokens of the context (0 without one).", examples=[0])
     num_tokens: int = Field(..., description="Tokens scored.", examples=[9])
     sum_logprob: float = Field(..., description="Sum of the scored tokens' logprobs (the loglikelihood).",

@@ -99,6 +99,9 @@ def test_every_logprob_and_rank_equals_transformers(http, hf_model):
         assert result["perplexity"] == pytest.approx(math.exp(-result["mean_logprob"]), rel=1e-12)
         assert result["is_greedy"] == all(r == 1 for r in result["ranks"][1:])
         mean_entropy, criterion = reference_stats(ref, ids, 1)
+        rows = ref[: len(ids) - 1]
+        entropies = (-(rows.exp() * rows).sum(-1)).tolist()
+        assert result["entropies"][0] is None and result["entropies"][1:] == pytest.approx(entropies, abs=TOL)
         d = result["detection"]
         assert d["mean_entropy"] == pytest.approx(mean_entropy, abs=TOL)
         assert d["fast_detect_gpt"] == pytest.approx(criterion, abs=1e-3)
