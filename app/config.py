@@ -30,8 +30,13 @@ class Settings(BaseSettings):
                                         "prefill chunks); long prompts are prefilled in chunks.")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + completion; "
                                       "defaults to the model's n_positions (1024 for GPT-2).")
-    max_queue: int = Field(256, ge=0, description="Requests waiting for a slot; beyond it new "
+    max_queue: int = Field(256, ge=0, description="Sequences waiting for a slot; beyond it new "
                            "requests get 429.")
+    step_timeout: float = Field(60.0, gt=0, description="Seconds without any answer from the engine, while "
+                                "it has work, after which it counts as hung: requests in flight fail, the "
+                                "probes answer 503 and the server exits.")
+    api_servers: int = Field(1, ge=1, le=64, description="API server processes sharing the port and the one "
+                             "engine process (more lets the HTTP work use more cores).")
 
     # --- HTTP --------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in containers).")

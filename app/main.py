@@ -1,10 +1,12 @@
-"""The FastAPI application: create_app(settings) and the lifespan that owns the engine.
+"""The FastAPI application: create_app(settings) and the lifespan that owns the engine client.
 
-The model loads in the background after the server starts listening, so /healthz answers at
-once and /readyz says 503 until the model is loaded, warmed up and the engine loop runs.
+The engine core starts in a process of its own (or, under several API processes, is reached
+through the handle the supervisor gives) after the server starts listening, so /healthz answers
+at once and /readyz says 503 until the model is loaded, warmed up and the engine runs.
 """
 
 import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
 
@@ -15,11 +17,11 @@ from app.api import completions, health, models, score, tokenize
 from app.api.context import RequestContextMiddleware
 from app.api.deps import AppState, check_api_key
 from app.api.errors import install_error_handlers
+from app.api.observability import install_metrics
 from app.api.ui import install_ui
 from app.config import Settings
-from app.engine.async_engine import AsyncEngine
-from app.metrics import install_metrics
-from app.service import Service, build_engine
+from app.engine.client import EngineHandle
+from app.service import Service, connect_engine, load_tokenizer, start_engine
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,12 @@ ERRORS = {400: {"description": "invalid request (the message names the field)"},
           503: {"description": "loading, draining, or the engine stopped"}}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: EngineHandle | None = None) -> FastAPI:
+    """The app; its lifespan starts an engine process of its own, or connects to `engine`."""
     settings = settings or Settings()
     app = FastAPI(title="gpt2-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.gpt2 = AppState(settings)
+    app.state.engine_handle = engine
     install_error_handlers(app)
     app.include_router(health.router)
     guarded = {"dependencies": [Depends(check_api_key)], "responses": ERRORS}
@@ -55,29 +59,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     state: AppState = app.state.gpt2
-    loading = asyncio.create_task(load_service(state))
+    loading = asyncio.create_task(load_service(state, app.state.engine_handle))
     try:
         yield
     finally:
-        loading.cancel()
+        loading.cancel()  # SIGTERM while loading: the engine process is killed at once
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
         if state.service is not None:
-            state.service.engine.stop()
+            await state.service.engine.shutdown()
 
 
-async def load_service(state: AppState) -> None:
-    """Build the engine on its own thread (off the event loop), then run its step loop there."""
-    async_engine = AsyncEngine()
+async def load_service(state: AppState, handle: EngineHandle | None) -> None:
+    """Start (or connect to) the engine, load the tokenizer, and tell whoever waits (metrics)."""
+    settings, engine = state.settings, None
     try:
-        engine, tokenizer, info = await async_engine.call(build_engine, state.settings)
+        engine = await (start_engine(settings) if handle is None else connect_engine(settings, handle))
+        tokenizer = await load_tokenizer(engine.info)
+    except asyncio.CancelledError:
+        if engine is not None:
+            await engine.shutdown()
+        raise
     except Exception as exc:
-        async_engine.stop()
+        if engine is not None:
+            await engine.shutdown()
         state.load_error = exc
         log.critical("start-up failed: %s", exc, exc_info=not isinstance(exc, (OSError, RuntimeError)))
         if state.on_fatal is not None:
             state.on_fatal()
         return
-    async_engine.start(engine)
-    state.service = Service(state.settings, info, tokenizer, async_engine)
+    engine.death_listeners.append(state.engine_died)
+    state.service = Service(settings, engine.info, tokenizer, engine)
     for hook in state.on_ready:
         hook(state.service)
-    log.info("ready: serving %s", info.name)
+    log.info("ready: serving %s", engine.info.name)

@@ -1,10 +1,10 @@
 """Prometheus metrics: engine stats and the HTTP edge turned into series (DESIGN.md, "Metrics").
 
-`install_metrics(app)` is the one entry point: it gives the app its own CollectorRegistry (so
-several apps in one process never clash), serves it on `GET /metrics` (Prometheus text or
-OpenMetrics, by the Accept header), adds the HTTP observability middleware (request counts,
-durations, rejections, aborts, token counters, the request log) and, once the engine is loaded,
-subscribes to its stats (unless GPT2_METRICS=false) and sets the model-info series.
+`Metrics` holds every series of one API process in its own CollectorRegistry (so several apps in
+one process never clash). app/api/observability.py serves it on `GET /metrics` and feeds it the
+HTTP side; `bind()` subscribes it to the engine client's stats. With several API processes
+(GPT2_API_SERVERS > 1) the series live in prometheus_client's multiprocess files and any process
+serves the sum (`multiprocess=True`).
 
 Which level each series counts at:
 - per HTTP request (the middleware): `gpt2_request_duration_seconds{endpoint}`,
@@ -17,35 +17,35 @@ Which level each series counts at:
   prompt is one sequence), when it finishes for any reason: `gpt2_request_queue_seconds`,
   `gpt2_time_to_first_token_seconds` (sequences that produced a token),
   `gpt2_request_prompt_tokens`, `gpt2_request_generation_tokens` (not prompt-only scoring);
-- per engine step: `gpt2_step_duration_seconds{phase}`, `gpt2_batch_size`,
-  `gpt2_inter_token_latency_seconds` (one observation per generated token after the first);
-- read at scrape time (no cost per step): `gpt2_requests_running`, `gpt2_requests_waiting`,
+- per engine step (recorded by one API process): `gpt2_step_duration_seconds{phase}`,
+  `gpt2_batch_size`, `gpt2_inter_token_latency_seconds` (one observation per generated token after
+  the first);
+- the engine's state after its latest step: `gpt2_requests_running`, `gpt2_requests_waiting`,
   `gpt2_kv_cache_usage_ratio`, `gpt2_device_memory_used_bytes` / `_total_bytes` (CUDA: bytes
   allocated by torch's caching allocator / the device's memory; MPS: torch's allocated / the
-  recommended maximum; CPU: the process's resident set size / the machine's RAM, or the cgroup
-  limit when that is lower).
+  recommended maximum; CPU: the engine process's resident set size / the machine's RAM, or the
+  cgroup limit when that is lower), and `gpt2_engine_up` (0 once the engine died or hung);
+- the engine process's own CPU time and memory, read from /proc at scrape time:
+  `gpt2_engine_process_*` (the API process's are the usual `process_*`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request, Response
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from app.api.observability import ObservabilityMiddleware, api_paths
 from app.engine.stats import RequestStats, StepStats
 
 if TYPE_CHECKING:
-    from app.engine.engine import Engine
-    from app.service import Service
+    from app.engine.client import EngineClient
+    from app.engine.protocol import EngineInfo
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,18 @@ def rejection_reason(status: int, code: str | None) -> str | None:
 class Metrics:
     """Every series of one app, in its own registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, process_collectors: bool = True):
-        r = self.registry = registry if registry is not None else CollectorRegistry()
+    def __init__(self, process_collectors: bool = True, multiprocess_dir: str | None = None):
+        r = self.registry = CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir  # the series of every API process are summed at scrape
+        if multiprocess_dir is not None:
+            multiprocess.MultiProcessCollector(r, multiprocess_dir)
+            r = None  # the series themselves live in the multiprocess files, not in a registry
         if process_collectors:
-            ProcessCollector(registry=r)
-            PlatformCollector(registry=r)
-            GCCollector(registry=r)
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        self._engine_pid = 0
+        self._engine_process = ProcessCollector(namespace="gpt2_engine", pid=lambda: self._engine_pid, registry=None)
 
         # --- per HTTP request -------------------------------------------------------------------
         self.request_duration = Histogram(
@@ -136,16 +142,24 @@ class Metrics:
         self.inter_token_latency = Histogram("gpt2_inter_token_latency_seconds", "Time between consecutive tokens "
                                              "of a sequence.", buckets=STEP_BUCKETS, registry=r)
 
-        # --- state, read at scrape time ---------------------------------------------------------
-        self.running = Gauge("gpt2_requests_running", "Sequences holding a KV-cache slot.", registry=r)
-        self.waiting = Gauge("gpt2_requests_waiting", "Sequences queued for a slot.", registry=r)
-        self.kv_cache_usage = Gauge("gpt2_kv_cache_usage_ratio", "Fraction of KV-cache slots in use.", registry=r)
+        # --- the engine's state after its latest step -------------------------------------------
+        # (multiprocess_mode: how the API processes' values combine; one process sets these)
+        self.running = Gauge("gpt2_requests_running", "Sequences holding a KV-cache slot.", registry=r,
+                             multiprocess_mode="livesum")
+        self.waiting = Gauge("gpt2_requests_waiting", "Sequences queued for a slot.", registry=r,
+                             multiprocess_mode="livesum")
+        self.kv_cache_usage = Gauge("gpt2_kv_cache_usage_ratio", "Fraction of KV-cache slots in use.", registry=r,
+                                    multiprocess_mode="livesum")
         self.model_info = Gauge("gpt2_model_info", "The served model (value 1).",
-                                ["model", "device", "dtype", "load_format"], registry=r)
+                                ["model", "device", "dtype", "load_format"], registry=r, multiprocess_mode="livemax")
         self.device_memory_used = Gauge("gpt2_device_memory_used_bytes", "CUDA/MPS: bytes allocated by torch; "
-                                        "CPU: the process's resident set size.", registry=r)
+                                        "CPU: the engine process's resident set size.", registry=r,
+                                        multiprocess_mode="livemax")
         self.device_memory_total = Gauge("gpt2_device_memory_total_bytes", "CUDA/MPS: the device's memory; CPU: "
-                                         "the machine's RAM (or the cgroup limit).", registry=r)
+                                         "the machine's RAM (or the cgroup limit).", registry=r,
+                                         multiprocess_mode="livemax")
+        self.engine_up = Gauge("gpt2_engine_up", "1 while the engine process runs and answers; 0 before it is "
+                               "ready and once it died or hung.", registry=r, multiprocess_mode="livemin")
 
         # Series that exist (at 0) before the first event, so dashboards and alerts have data.
         self._steps = {phase: self.step_duration.labels(phase) for phase in PHASES}
@@ -162,8 +176,11 @@ class Metrics:
             for status in MODEL_ENDPOINT_STATUSES if path in MODEL_ENDPOINTS else ("200",):
                 self.requests.labels(path, status)
 
-    def observe_http(self, endpoint: str, status: int, duration: float, state: dict, aborted: bool) -> None:
-        """One finished HTTP request; `state` is its request.state (tokens, error code)."""
+    def observe_http(self, endpoint: str, status: int, duration: float, aborted: bool = False,
+                     error_code: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0,
+                     scored_tokens: int = 0) -> None:
+        """One finished HTTP request: its route, status and duration; the usage it reported (2xx);
+        the error code it was refused with (4xx)."""
         self.request_duration.labels(endpoint).observe(duration)
         if aborted:
             self.requests.labels(endpoint, ABORTED_STATUS).inc()
@@ -171,28 +188,41 @@ class Metrics:
             return
         self.requests.labels(endpoint, str(status)).inc()
         if 200 <= status < 300:
-            self.prompt_tokens.inc(state.get("prompt_tokens") or 0)
-            self.generation_tokens.inc(state.get("completion_tokens") or 0)
-            self.scored_tokens.inc(state.get("scored_tokens") or 0)
+            self.prompt_tokens.inc(prompt_tokens)
+            self.generation_tokens.inc(completion_tokens)
+            self.scored_tokens.inc(scored_tokens)
         elif status >= 400:
-            reason = rejection_reason(status, state.get("error_code"))
+            reason = rejection_reason(status, error_code)
             if reason is not None:
                 self._rejected[reason].inc()
 
     # --- the engine ------------------------------------------------------------------------------
-    def on_step(self, stats: StepStats) -> None:
-        """Engine step listener (the loop thread): a few observe() calls, never raises."""
+    def on_state(self, stats: StepStats) -> None:
+        """The engine's state after a step (running, waiting, cache, memory); never raises."""
         try:
-            self._steps[stats.phase].observe(stats.duration)
-            self.batch_size.observe(stats.batch_size)
-            observe = self.inter_token_latency.observe
-            for latency in stats.inter_token_latencies:
-                observe(latency)
-        except Exception:  # a metrics bug must never stop the engine loop
+            self.running.set(stats.num_running)
+            self.waiting.set(stats.num_waiting)
+            self.kv_cache_usage.set(stats.kv_cache_usage)
+            if stats.memory_used is not None:
+                self.device_memory_used.set(stats.memory_used)
+        except Exception:  # a metrics bug must never stop the outputs from flowing
+            self._log_failure()
+
+    def on_step(self, stats: StepStats) -> None:
+        """Engine step listener: the state, and the step's own numbers; never raises."""
+        self.on_state(stats)
+        try:
+            if stats.phase in self._steps:  # "idle": a state report without a step
+                self._steps[stats.phase].observe(stats.duration)
+                self.batch_size.observe(stats.batch_size)
+                observe = self.inter_token_latency.observe
+                for latency in stats.inter_token_latencies:
+                    observe(latency)
+        except Exception:
             self._log_failure()
 
     def on_request(self, stats: RequestStats) -> None:
-        """Engine request listener (loop thread or an aborting caller's): never raises."""
+        """Engine request listener (a finished sequence): never raises."""
         try:
             self.queue_time.observe(stats.queue_time)
             if stats.time_to_first_token is not None:
@@ -206,114 +236,24 @@ class Metrics:
     def _log_failure(self) -> None:
         if not self._listener_failed:
             self._listener_failed = True
-            log.exception("recording engine metrics failed (logged once; the engine goes on)")
+            log.exception("recording engine metrics failed (logged once; serving goes on)")
 
-    def attach(self, engine: Engine) -> None:
-        """Subscribe to the engine's stats."""
-        engine.step_listeners.append(self.on_step)
-        engine.request_listeners.append(self.on_request)
-
-    def detach(self, engine: Engine) -> None:
-        engine.step_listeners.remove(self.on_step)
-        engine.request_listeners.remove(self.on_request)
-
-    def watch(self, engine: Engine) -> None:
-        """Read the engine's queue and cache occupancy at scrape time."""
-        self.running.set_function(lambda: engine.num_running)
-        self.waiting.set_function(lambda: engine.num_waiting)
-        self.kv_cache_usage.set_function(lambda: engine.scheduler.kv_cache_usage)
-
-    def bind(self, service: Service, record_engine_stats: bool = True) -> None:
-        """The engine is loaded: model info, scrape-time gauges, and (unless off) the engine's stats."""
-        info = service.info
+    def bind(self, engine: EngineClient, info: EngineInfo, record_engine_stats: bool = True) -> None:
+        """The engine is ready: model info, its process, its state, and (unless off) its stats."""
         self.model_info.labels(info.name, info.device, info.dtype, info.load_format).set(1)
-        used, total = device_memory_readers(info.device)
-        self.device_memory_used.set_function(used)
-        self.device_memory_total.set_function(total)
-        engine = service.engine.engine
-        self.watch(engine)
+        self.device_memory_total.set(info.memory_total)
+        self.device_memory_used.set(info.memory_used)
+        self.engine_up.set(1)
+        if not self._engine_pid:
+            self.registry.register(self._engine_process)
+        self._engine_pid = info.pid
+        engine.death_listeners.append(lambda reason: self.engine_up.set(0))
         if record_engine_stats:
-            self.attach(engine)
+            engine.step_listeners.append(self.on_step)
+            engine.request_listeners.append(self.on_request)
+        else:
+            engine.step_listeners.append(self.on_state)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
-
-
-# --- device memory ---------------------------------------------------------------------------
-
-def device_memory_readers(device: str) -> tuple[Callable[[], float], Callable[[], float]]:
-    """(used, total) byte readers for the model's device; see the module docstring."""
-    try:
-        import torch
-
-        if device.startswith("cuda"):
-            dev = torch.device(device)
-            total = torch.cuda.get_device_properties(dev).total_memory
-            return (lambda: torch.cuda.memory_allocated(dev)), (lambda: total)
-        if device.startswith("mps"):
-            total = torch.mps.recommended_max_memory()
-            return torch.mps.current_allocated_memory, (lambda: total)
-    except Exception:  # a broken accelerator query must not stop start-up; report the host instead
-        log.warning("cannot read %s memory; reporting the process's instead", device, exc_info=True)
-    total = host_memory_total()
-    return process_rss, (lambda: total)
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def process_rss() -> float:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except OSError:  # not Linux: the peak RSS is the best the standard library offers
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-
-
-def host_memory_total() -> float:
-    """The machine's RAM, or the cgroup (container) memory limit when that is lower."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 0
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                limit = f.read().strip()
-        except OSError:
-            continue
-        if limit.isdigit() and (total == 0 or 0 < int(limit) < total):
-            total = int(limit)
-        break
-    return float(total)
-
-
-# --- the app ---------------------------------------------------------------------------------
-
-def install_metrics(app: FastAPI) -> Metrics:
-    """Serve /metrics from a registry of this app's own, record every HTTP request, and subscribe
-    to the engine's stats once it is loaded (GPT2_METRICS=false: no engine stats are recorded;
-    /metrics still serves the HTTP series, the gauges and the process collectors)."""
-    state = app.state.gpt2
-    metrics = Metrics()
-    app.state.metrics = metrics
-
-    async def serve_metrics(request: Request) -> Response:
-        body, content_type = metrics.render(request.headers.get("accept"))
-        return Response(body, headers={"Content-Type": content_type})
-
-    app.add_api_route("/metrics", serve_metrics, methods=["GET"], tags=["health"], response_class=Response,
-                      summary="Prometheus metrics (text format, or OpenMetrics when asked for)")
-    app.add_middleware(ObservabilityMiddleware, fastapi_app=app, metrics=metrics, settings=state.settings)
-
-    def on_ready(service: Service) -> None:
-        metrics.known_endpoints(api_paths(app))
-        metrics.bind(service, record_engine_stats=state.settings.metrics)
-
-    state.on_ready.append(on_ready)
-    return metrics

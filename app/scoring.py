@@ -11,7 +11,9 @@ the most likely one has rank 1 and counts as greedy.
 """
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+import msgspec
 
 from app.engine.sequence import PromptScores, SamplingParams
 
@@ -92,7 +94,7 @@ def merge_windows(windows: list[Window], scores: list[PromptScores]) -> PromptSc
 def window_params(params: SamplingParams, window: Window) -> SamplingParams:
     """The engine parameters of one window: score only the tokens it reports, so the lm_head
     skips the context and the overlap with the previous window."""
-    return replace(params, prompt_logprobs_from=window.score_from - window.begin)
+    return msgspec.structs.replace(params, prompt_logprobs_from=window.score_from - window.begin)
 
 
 # --- statistics --------------------------------------------------------------------------------

@@ -1,55 +1,101 @@
-"""The composition root: settings -> model, tokenizer, runner, scheduler, engine.
+"""The composition root: settings -> the engine core process (model, runner, scheduler) and, on
+the API side, the service the routes use (engine client, tokenizer, model info).
 
-Used by the HTTP app's lifespan, the benchmarks and the tests alike."""
+Used by the HTTP app's lifespan, the process supervisor, the benchmarks and the tests alike.
+The API process never imports torch: the model's modules are imported by the engine process only
+(inside build_core), which keeps the API process small and quick to start."""
 
+import asyncio
 import logging
+import signal
+import sys
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from app.config import Settings
-from app.engine.async_engine import AsyncEngine
-from app.engine.engine import Engine
-from app.engine.scheduler import Scheduler
-from app.model.loader import load_model
-from app.model.runner import ModelRunner
+from app.engine.client import EngineClient, EngineHandle
+from app.engine.memory import device_memory_readers
+from app.engine.protocol import EngineInfo
 from app.model.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from app.engine.core import EngineCore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ModelInfo:
-    name: str  # as served
-    source: str  # GPT2_MODEL
-    device: str
-    dtype: str
-    load_format: str
-    max_model_len: int
-    num_parameters: int
-
-
-@dataclass
 class Service:
+    """What the routes need once the model is loaded."""
+
     settings: Settings
-    info: ModelInfo
+    info: EngineInfo
     tokenizer: Tokenizer
-    engine: AsyncEngine
+    engine: EngineClient
 
 
-def build_engine(settings: Settings) -> tuple[Engine, Tokenizer, ModelInfo]:
-    """Load the model and wire a synchronous engine around it (warmed up, no thread yet)."""
+def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
+    """Load the model and wire an engine core around it (warmed up, not yet serving)."""
+    from app.engine.core import EngineCore
+    from app.engine.runner import ModelRunner
+    from app.engine.scheduler import Scheduler
+    from app.model.loader import load_model
+
     loaded = load_model(settings.model, settings.load_format, settings.device, settings.dtype)
     config = loaded.model.config
     tokenizer = Tokenizer(loaded.tokenizer_dir)
     if tokenizer.vocab_size > config.vocab_size:
         raise RuntimeError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model only {config.vocab_size}")
     max_model_len = min(settings.max_model_len or config.n_positions, config.n_positions)
-    runner = ModelRunner(loaded.model, settings.max_batch_size, max_model_len, tokenizer.eos_token_id, settings.seed,
+    runner = ModelRunner(loaded.model, settings.max_batch_size, max_model_len, tokenizer.eos_token_id,
                          vocab_size=tokenizer.vocab_size)
     runner.warm_up()
-    scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens, settings.max_queue)
-    engine = Engine(runner, scheduler, max_model_len, runner.vocab_size, tokenizer.eos_token_id)
-    info = ModelInfo(settings.model_name, settings.model, str(loaded.device), str(loaded.dtype).removeprefix("torch."),
-                     settings.load_format, max_model_len, config.num_parameters)
+    scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens)
+    core = EngineCore(runner, scheduler, max_model_len, tokenizer.eos_token_id, settings.seed)
+    device = str(loaded.device)
+    used, total = device_memory_readers(device)
+    info = EngineInfo(settings.model_name, settings.model, device, str(loaded.dtype).removeprefix("torch."),
+                      settings.load_format, max_model_len, config.num_parameters, runner.vocab_size,
+                      tokenizer.eos_token_id, settings.max_batch_size, str(loaded.tokenizer_dir), total(), used())
     log.info("model %s ready on %s (%s, %s weights, %.0fM parameters, max_model_len %d)", info.source, info.device,
              info.dtype, info.load_format, info.num_parameters / 1e6, max_model_len)
-    return engine, tokenizer, info
+    return core, info
+
+
+def run_engine_core(settings: Settings, address: str, ready: Connection, parent_pid: int) -> None:
+    """The engine process's main: load, report ready (or why not) on `ready`, then serve `address`
+    until the parent process goes away."""
+    from app.engine.core import CoreServer
+    from app.logs import configure_logging
+
+    configure_logging(settings)
+    # Ctrl-C and group-wide SIGTERMs reach this process too: the server drains first, then stops it;
+    # and if the server is gone, CoreServer.run notices and returns
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        core, info = build_core(settings)
+        server = CoreServer(core, address, info.device, parent_pid)
+    except Exception as exc:
+        log.critical("the engine failed to start: %s", exc, exc_info=not isinstance(exc, (OSError, RuntimeError)))
+        ready.send(("error", str(exc)))
+        sys.exit(1)
+    ready.send(("ready", info))
+    ready.close()
+    server.run()
+
+
+async def start_engine(settings: Settings) -> EngineClient:
+    """Start an engine core process for these settings and connect to it (this client owns it)."""
+    return await EngineClient.start(run_engine_core, settings, max_queue=settings.max_queue,
+                                    step_timeout=settings.step_timeout)
+
+
+async def connect_engine(settings: Settings, handle: EngineHandle) -> EngineClient:
+    """Connect to the engine core that the supervisor started (GPT2_API_SERVERS > 1)."""
+    return await EngineClient.connect(handle, max_queue=settings.max_queue, step_timeout=settings.step_timeout)
+
+
+async def load_tokenizer(info: EngineInfo) -> Tokenizer:
+    return await asyncio.to_thread(Tokenizer, info.tokenizer_dir)

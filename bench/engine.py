@@ -1,4 +1,5 @@
 """Engine throughput against transformers' batched generate and the machine's matmul roofline.
+(The engine core is stepped in this process: the step itself, without the transport to the API.)
 
     python bench/engine.py [--model gpt2] [--concurrency 1 8 32 64] [--prompt 128] [--new 128]
 
@@ -27,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
+from app.engine.protocol import EngineRequest  # noqa: E402
 from app.engine.sequence import SamplingParams  # noqa: E402
-from app.service import build_engine  # noqa: E402
+from app.service import build_core  # noqa: E402
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> tuple[float, float]:
@@ -68,28 +70,24 @@ class ModelClock:
         return timed
 
 
-def run_engine(engine, prompts: list[list[int]], new_tokens: int, clock: ModelClock) -> dict:
-    """All requests submitted at once, then the step loop until they finish. It runs on this
-    thread, which built the model, as the server's engine thread does (see AsyncEngine)."""
+def run_engine(core, prompts: list[list[int]], new_tokens: int, clock: ModelClock) -> dict:
+    """All requests submitted at once, then the step loop until they finish, in this process (as
+    the engine process runs it, without the transport)."""
     decode = {"seconds": 0.0, "tokens": 0, "model": 0.0}
-
-    def on_step(stats):
-        if stats.phase == "decode":
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        core.add(EngineRequest(f"b{start}-{i}", prompt, params, time.monotonic()))
+    clock.seconds, tokens = 0.0, 0
+    while core.has_unfinished():
+        outputs, stats = core.step()
+        tokens += sum(len(out.token_ids) for out in outputs)
+        if stats is not None and stats.phase == "decode":
             decode["seconds"] += stats.duration
             decode["tokens"] += stats.num_decode_tokens
             decode["model"] += clock.seconds
         clock.seconds = 0.0
-
-    engine.step_listeners.append(on_step)
-    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
-    start = time.perf_counter()
-    for i, prompt in enumerate(prompts):
-        engine.add_request(f"b{start}-{i}", prompt, params)
-    clock.seconds, tokens = 0.0, 0
-    while engine.has_unfinished():
-        tokens += sum(len(out.token_ids) for out in engine.step())
     wall = time.perf_counter() - start
-    engine.step_listeners.remove(on_step)
     assert tokens == len(prompts) * new_tokens, tokens
     return {"tok_s": tokens / wall, "decode_tok_s": decode["tokens"] / decode["seconds"],
             "python": 1 - decode["model"] / decode["seconds"], "wall": wall}
@@ -119,11 +117,11 @@ def main() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     settings = Settings(model=args.model, load_format="dummy", device="cpu", dtype=args.dtype,
-                        max_batch_size=max(args.concurrency), max_num_batched_tokens=2048,
+                        max_batch_size=max(args.concurrency), max_num_batched_tokens=max(2048, max(args.concurrency)),
                         max_queue=max(args.concurrency))
-    engine, _, info = build_engine(settings)
-    clock = ModelClock(engine.runner.model)
-    config = engine.runner.model.config
+    core, info = build_core(settings)
+    clock = ModelClock(core.runner.model)
+    config = core.runner.model.config
     hf_model = None
     if not args.no_transformers:
         hf_config = GPT2Config(n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head)
@@ -138,7 +136,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     for c in args.concurrency:
         prompts = torch.randint(0, config.vocab_size, (c, args.prompt), generator=gen).tolist()
-        ours = run_engine(engine, prompts, args.new, clock)
+        ours = run_engine(core, prompts, args.new, clock)
         hf = run_transformers(hf_model, prompts, args.new) if hf_model is not None else None
         flops = 2 * params * ours["decode_tok_s"]
         hf_text = f"{hf['tok_s']:9.1f} {ours['tok_s'] / hf['tok_s']:6.2f}" if hf else f"{'-':>9} {'-':>6}"

@@ -1,11 +1,13 @@
-"""What recording metrics costs the engine: throughput with the metrics listeners on vs off.
+"""What recording metrics costs: throughput with the metrics listeners on vs off.
 
     python bench/metrics_overhead.py [--model gpt2] [--concurrency 32] [--prompt 128] [--new 64] [--pairs 3]
 
-One process, one engine (dummy weights with the model's real shapes, fp32, CPU by default),
-`--concurrency` sequences submitted at once, greedy, EOS ignored so every sequence makes exactly
-`--new` tokens. "on" = the service's own Metrics object subscribed to the engine's step and
-request listeners (what GPT2_METRICS=true does); "off" = no listeners (GPT2_METRICS=false). Runs
+One engine process (dummy weights with the model's real shapes, fp32, CPU by default) driven by
+an engine client in this process (the API process's role), `--concurrency` sequences submitted at
+once, greedy, EOS ignored so every sequence makes exactly `--new` tokens. "on" = the service's own
+Metrics object subscribed to the client's step and request listeners (what GPT2_METRICS=true
+does); "off" = no listeners (GPT2_METRICS=false). The listeners run in the API process, beside
+the engine's own process, so on a machine with a core to spare they cost the engine nothing. Runs
 are interleaved in ABBA order (on, off, off, on, ...) after a discarded warm-up run, so drift and
 neighbours' load fall on both sides. Printed: the ratio of the median tokens/s (whole runs,
 prefill included) and the per-pair ratios; and the ratio of the median decode-step periods (the
@@ -31,17 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
-from app.engine.async_engine import AsyncEngine  # noqa: E402
+from app.engine.client import EngineClient  # noqa: E402
 from app.engine.sequence import SamplingParams  # noqa: E402
 from app.engine.stats import RequestStats, StepStats  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
-from app.service import build_engine  # noqa: E402
+from app.service import start_engine  # noqa: E402
 
 
-def run(engine, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float]]:
+async def run(engine: EngineClient, metrics: Metrics | None, prompts: list[list[int]],
+              new_tokens: int) -> tuple[float, list[float]]:
     """Generate for every prompt at once; returns (tokens/s, the periods between consecutive decode
-    steps). A period runs from one step's listeners to the next's, so it includes the listeners
-    (a step's own `duration` does not)."""
+    steps as this process receives them, so they include the listeners)."""
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     periods: list[float] = []
     last = [None]
@@ -52,25 +54,22 @@ def run(engine, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[
             periods.append(now - last[0])
         last[0] = now if stats.phase == "decode" else None
 
-    async def main() -> tuple[int, float]:
-        async_engine = AsyncEngine()
-        async_engine.start(engine)
+    async def one(stream) -> int:
+        return sum([len(o.token_ids) async for o in stream])
 
-        async def one(i: int, prompt: list[int]) -> int:
-            return sum([len(o.token_ids) async for o in async_engine.add_request(f"m{i}", prompt, params)])
-
-        try:
-            start = time.perf_counter()
-            counts = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-            return sum(counts), time.perf_counter() - start
-        finally:
-            async_engine.stop()
-
-    engine.step_listeners.insert(0, clock)  # first, in both modes
+    listeners = [(engine.step_listeners, clock)]
+    if metrics is not None:
+        listeners += [(engine.step_listeners, metrics.on_step), (engine.request_listeners, metrics.on_request)]
+    for where, listener in listeners:
+        where.append(listener)
     try:
-        tokens, wall = asyncio.run(main())
+        start = time.perf_counter()
+        streams = engine.submit([(f"m{time.monotonic_ns()}-{i}", p, params) for i, p in enumerate(prompts)])
+        tokens = sum(await asyncio.gather(*(one(s) for s in streams)))
+        wall = time.perf_counter() - start
     finally:
-        engine.step_listeners.remove(clock)
+        for where, listener in listeners:
+            where.remove(listener)
     assert tokens == len(prompts) * new_tokens, tokens
     return tokens / wall, periods
 
@@ -103,33 +102,30 @@ def main() -> None:
 
     settings = Settings(model=args.model, load_format="dummy", device=args.device, dtype=args.dtype,
                         max_batch_size=args.concurrency, max_num_batched_tokens=2048, max_queue=args.concurrency)
-    engine, _, info = build_engine(settings)
+    asyncio.run(compare(settings, args))
+
+
+async def compare(settings: Settings, args) -> None:
+    engine = await start_engine(settings)
     metrics = Metrics()  # the service's own series, in a registry of its own
-    metrics.watch(engine)  # the scrape-time gauges (no cost per step; nobody scrapes here)
     gen = torch.Generator().manual_seed(0)
-    vocab = engine.runner.model.config.vocab_size
-    prompts = torch.randint(0, vocab, (args.concurrency, args.prompt), generator=gen).tolist()
-    print(f"# {info.source} shapes, {args.dtype} on {info.device}, {torch.get_num_threads()} threads; "
+    prompts = torch.randint(0, engine.info.vocab_size, (args.concurrency, args.prompt), generator=gen).tolist()
+    print(f"# {engine.info.source} shapes, {args.dtype} on {engine.info.device}, {torch.get_num_threads()} threads; "
           f"{args.concurrency} sequences x ({args.prompt} prompt + {args.new} new tokens); {args.pairs} on/off pairs")
 
-    run(engine, prompts, args.new)  # warm-up, discarded
+    await run(engine, None, prompts, args.new)  # warm-up, discarded
     tok_s: dict[str, list[float]] = {"on": [], "off": []}
     periods: dict[str, list[float]] = {"on": [], "off": []}
     step_medians: dict[str, list[float]] = {"on": [], "off": []}
     order = [m for i in range(args.pairs) for m in (("on", "off") if i % 2 == 0 else ("off", "on"))]
     for mode in order:
-        if mode == "on":
-            metrics.attach(engine)
-        try:
-            rate, steps = run(engine, prompts, args.new)
-        finally:
-            if mode == "on":
-                metrics.detach(engine)
+        rate, steps = await run(engine, metrics if mode == "on" else None, prompts, args.new)
         tok_s[mode].append(rate)
         periods[mode] += steps
         step_medians[mode].append(statistics.median(steps))
         print(f"{mode:>3}: {rate:8.1f} tok/s, decode step {statistics.median(steps) * 1e3:6.1f} ms (median)",
               flush=True)
+    await engine.shutdown()
 
     pairs = [on / off for on, off in zip(tok_s["on"], tok_s["off"], strict=True)]
     on, off = statistics.median(tok_s["on"]), statistics.median(tok_s["off"])

@@ -37,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
+from app.engine.protocol import EngineRequest  # noqa: E402
+from app.engine.runner import SCORE_ROWS  # noqa: E402
 from app.engine.sequence import SamplingParams  # noqa: E402
 from app.model.gpt2 import AttentionPlan, KVCache, Prefill  # noqa: E402
-from app.model.runner import SCORE_ROWS  # noqa: E402
-from app.service import build_engine  # noqa: E402
+from app.service import build_core  # noqa: E402
 
 
 def bare_forward(model, cache: KVCache, texts: list[list[int]], per_pass: int, sub_rows: int = SCORE_ROWS) -> float:
@@ -68,15 +69,15 @@ def bare_forward(model, cache: KVCache, texts: list[list[int]], per_pass: int, s
     return time.perf_counter() - start
 
 
-def engine_scoring(engine, texts: list[list[int]], stats: bool) -> float:
-    """The texts as prefill-only requests through the engine's step loop, run on this thread: the
-    thread that built the model, as the server's engine thread is (see AsyncEngine)."""
+def engine_scoring(core, texts: list[list[int]], stats: bool) -> float:
+    """The texts as prefill-only requests through the engine core's step loop, in this process (as
+    the engine process runs it, without the transport)."""
     params = SamplingParams(max_tokens=0, temperature=0.0, prompt_logprobs=0, prompt_stats=stats)
     start = time.perf_counter()
     for i, text in enumerate(texts):
-        engine.add_request(f"s{i}-{time.monotonic_ns()}", text, params)
-    while engine.has_unfinished():
-        for output in engine.step():
+        core.add(EngineRequest(f"s{i}-{time.monotonic_ns()}", text, params, time.monotonic()))
+    while core.has_unfinished():
+        for output in core.step()[0]:
             assert output.finished and len(output.prompt_scores.token_logprobs) == len(texts[0]) - 1
             assert not stats or len(output.prompt_scores.entropy) == len(texts[0]) - 1
     return time.perf_counter() - start
@@ -136,8 +137,8 @@ def main() -> None:
     settings = Settings(model=args.model, load_format="dummy", device="cpu", dtype=args.dtype,
                         max_batch_size=args.texts, max_num_batched_tokens=args.max_num_batched_tokens,
                         max_queue=max(args.texts, 256), log_format="text", log_level="WARNING", metrics=False)
-    engine, _, info = build_engine(settings)
-    model = engine.runner.model
+    core, info = build_core(settings)
+    model = core.runner.model
     config = model.config
     cache = KVCache(config, args.texts, args.tokens, torch.device("cpu"), next(model.parameters()).dtype)
     gen = torch.Generator().manual_seed(0)
@@ -149,8 +150,8 @@ def main() -> None:
     runs = {"bare (one pass)": lambda: bare_forward(model, cache, texts, args.texts),
             f"bare ({per_step} texts/pass)": lambda: bare_forward(model, cache, texts, per_step),
             f"bare ({per_step}/pass, sub 32)": lambda: bare_forward(model, cache, texts, per_step, 32),
-            "engine (logprobs+ranks)": lambda: engine_scoring(engine, texts, stats=False),
-            "engine (detect=true)": lambda: engine_scoring(engine, texts, stats=True)}
+            "engine (logprobs+ranks)": lambda: engine_scoring(core, texts, stats=False),
+            "engine (detect=true)": lambda: engine_scoring(core, texts, stats=True)}
     if server is not None:
         runs["http (numbers only)"] = lambda: server.score(texts, return_tokens=False)
         runs["http (return_tokens)"] = lambda: server.score(texts, return_tokens=True)

@@ -7,7 +7,8 @@ the same engine built directly. Runs alternate (HTTP, direct, HTTP, direct, ...)
 shared machine hits both alike.
 
 - throughput: --concurrency streaming clients, each --prompt tokens in and --new tokens out
-  (greedy, EOS ignored); output tokens/s through HTTP vs through AsyncEngine directly;
+  (greedy, EOS ignored); output tokens/s through HTTP vs through the engine client directly (an
+  engine process of its own, driven from this process without HTTP);
 - added latency: one request at a time on an idle server (8-token prompt, 4 new tokens, streamed);
   the median of HTTP wall time minus the median of the direct engine's wall time, and the
   median of the differences of back-to-back pairs (more robust to drift).
@@ -31,9 +32,9 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
-from app.engine.async_engine import AsyncEngine  # noqa: E402
+from app.engine.client import EngineClient  # noqa: E402
 from app.engine.sequence import SamplingParams  # noqa: E402
-from app.service import build_engine  # noqa: E402
+from app.service import start_engine  # noqa: E402
 
 
 def start_server(settings: dict[str, str]) -> tuple[subprocess.Popen, str]:
@@ -65,10 +66,11 @@ async def http_stream(client: httpx.AsyncClient, prompt: list[int], new: int) ->
     return chunks, time.perf_counter() - start
 
 
-async def direct_stream(engine: AsyncEngine, rid: str, prompt: list[int], new: int) -> tuple[int, float]:
+async def direct_stream(engine: EngineClient, rid: str, prompt: list[int], new: int) -> tuple[int, float]:
     params = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
     start = time.perf_counter()
-    tokens = sum([len(o.token_ids) async for o in engine.add_request(rid, prompt, params)])
+    (stream,) = engine.submit([(rid, prompt, params)])
+    tokens = sum([len(o.token_ids) async for o in stream])
     return tokens, time.perf_counter() - start
 
 
@@ -84,10 +86,8 @@ async def main_async(args) -> None:
                 "GPT2_MAX_BATCH_SIZE": str(args.concurrency), "GPT2_METRICS": "true"}
     proc, url = start_server(settings)
     try:
-        direct = AsyncEngine()  # built and run on its own thread, as in the server
-        engine, _, _ = await direct.call(build_engine, Settings(model=args.model, load_format="dummy", device="cpu",
-                                                                max_batch_size=args.concurrency))
-        direct.start(engine)
+        direct = await start_engine(Settings(model=args.model, load_format="dummy", device="cpu",
+                                             max_batch_size=args.concurrency))
         gen = torch.Generator().manual_seed(0)
         prompts = torch.randint(0, 50257, (args.concurrency, args.prompt), generator=gen).tolist()
         small = torch.randint(0, 50257, (8,), generator=gen).tolist()
@@ -103,7 +103,7 @@ async def main_async(args) -> None:
                 for k in range(args.latency_samples):
                     http_lat.append((await http_stream(client, small, 4))[1])
                     direct_lat.append((await direct_stream(direct, f"l{r}-{k}", small, 4))[1])
-        direct.stop()
+        await direct.shutdown()
     finally:
         proc.terminate()
         proc.wait(60)

@@ -1,12 +1,12 @@
 """POST /v1/completions: OpenAI's legacy completions, streamed or whole."""
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
@@ -15,9 +15,10 @@ from app.api.choice_text import ChoiceText, TokenEntry
 from app.api.deps import ServiceDep, check_model
 from app.api.disconnect import until_done_or_disconnected
 from app.api.errors import APIError, error_body
+from app.api.record import RecordDep, RequestRecord
 from app.api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, Usage
-from app.api.submission import check, gather_all, submit_all
-from app.engine.async_engine import RequestStream
+from app.api.submission import check, engine_dead, gather_all, submit_all
+from app.engine.client import EngineClient, EngineDeadError, RequestStream
 from app.engine.sequence import FinishReason, RequestOutput
 from app.engine.stats import RequestStats
 from app.service import Service
@@ -32,6 +33,7 @@ class Choice:
     index: int
     prompt_ids: list[int]
     stream: RequestStream
+    engine: EngineClient
     text: ChoiceText
     echo_scores: bool  # echo the prompt with its logprobs (they come with the first output)
     logprobs: bool
@@ -50,7 +52,7 @@ class Choice:
         self.stats = output.stats
         if self.text.stopped:  # a stop string ended it, maybe in the very token that hit max_tokens
             self.finish_reason = "stop"
-            self.stream.close()  # free the slot now (a no-op if the engine had finished it)
+            self.engine.close([self.stream])  # free the slot now (a no-op if the engine had finished it)
         elif output.finished:
             self.finish_reason = "stop" if output.finish_reason is FinishReason.STOP else "length"
         return self.text.take(final=self.finish_reason is not None)
@@ -63,32 +65,38 @@ def logprobs_of(entries: list[TokenEntry]) -> dict:
 
 @router.post("/v1/completions", response_model=CompletionResponse, summary="Complete prompts (OpenAI-compatible)",
              responses={429: {"description": "queue full (Retry-After says when to retry)"}})
-async def create_completion(body: CompletionRequest, request: Request, service: ServiceDep):
+async def create_completion(body: CompletionRequest, request: Request, service: ServiceDep, record: RecordDep):
     check_model(service, body.model)
     prompts = tokenize_prompts(service, body)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     choices = submit(service, body, prompts, request_id)
-    request.state.prompt_tokens = sum(map(len, prompts))
-    request.state.prompt_text = body.prompt  # logged only with GPT2_LOG_PROMPTS=true
+    record.prompt_tokens = sum(map(len, prompts))
+    record.prompt = body.prompt  # logged only with GPT2_LOG_PROMPTS=true
     created = int(time.time())
+    streams = [c.stream for c in choices]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # the background task runs even when the client leaves before the first chunk
         return StreamingResponse(stream_chunks(choices, prompts, request_id, created, service.info.name,
-                                               include_usage, request), media_type="text/event-stream",
-                                 background=BackgroundTask(close, choices))
+                                               include_usage, record), media_type="text/event-stream",
+                                 background=BackgroundTask(close, service.engine, streams))
     try:
         await until_done_or_disconnected(collect(choices), request)
     finally:
-        close(choices)
+        service.engine.close(streams)
     response = CompletionResponse(
         id=request_id, created=created, model=service.info.name,
         choices=[CompletionChoice(index=c.index, text=c.text.text[: c.text.released],
                                   logprobs=logprobs_of(c.text.released_entries) if c.logprobs else None,
                                   finish_reason=c.finish_reason) for c in choices],
         usage=usage(prompts, choices))
-    record(request, choices)
+    note(record, choices)
     return response
+
+
+async def close(engine: EngineClient, streams: list[RequestStream]) -> None:
+    """Abort what is unfinished (async: it must run on the event loop, not in a worker thread)."""
+    engine.close(streams)
 
 
 def tokenize_prompts(service: Service, body: CompletionRequest) -> list[list[int]]:
@@ -117,14 +125,9 @@ def submit(service: Service, body: CompletionRequest, prompts: list[list[int]], 
     choices = []
     for index, ((_, ids, _), stream) in enumerate(zip(sequences, streams, strict=True)):
         prefix = service.tokenizer.decode(ids) if body.echo and not echo_scores else ""
-        choices.append(Choice(index, ids, stream, ChoiceText(service.tokenizer, body.stop, prefix), echo_scores,
-                              body.logprobs is not None))
+        text = ChoiceText(service.tokenizer, body.stop, prefix)
+        choices.append(Choice(index, ids, stream, service.engine, text, echo_scores, body.logprobs is not None))
     return choices
-
-
-def close(choices: list[Choice]) -> None:
-    for choice in choices:
-        choice.stream.close()
 
 
 async def collect(choices: list[Choice]) -> None:
@@ -138,39 +141,61 @@ async def collect(choices: list[Choice]) -> None:
 
 
 async def stream_chunks(choices: list[Choice], prompts: list[list[int]], request_id: str, created: int, model: str,
-                        include_usage: bool, request: Request) -> AsyncIterator[str]:
+                        include_usage: bool, record: RequestRecord) -> AsyncIterator[bytes]:
     """SSE: one chunk per choice per engine step with new text, a final chunk per choice with its
     finish_reason, optionally a usage chunk, then [DONE]. Closing the generator (the client went
-    away) aborts every unfinished choice."""
+    away) lets the response's background task abort every unfinished choice."""
     head = {"id": request_id, "object": "text_completion", "created": created, "model": model}
+    chunk = ChunkTemplate(head, include_usage)
     unfinished = len(choices)
     try:
         async for choice, output in merged(choices):
             if choice.finish_reason is not None:
                 continue  # ended by a stop string; the abort's output is not news
-            try:
-                text, entries = choice.update(output)
-            except APIError as exc:  # the engine failed this choice: say so in the stream and end it
-                yield f"data: {json.dumps(error_body(exc.status, exc.message, code=exc.code))}\n\n"
-                break
+            text, entries = choice.update(output)
             if not text and not entries and choice.finish_reason is None:
                 continue
-            chunk = {**head, "choices": [{
-                "index": choice.index, "text": text,
-                "logprobs": logprobs_of(entries) if choice.logprobs else None,
-                "finish_reason": choice.finish_reason}]}
-            if include_usage:
-                chunk["usage"] = None
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            if choice.logprobs:
+                yield chunk.full(choice.index, text, logprobs_of(entries), choice.finish_reason)
+            else:
+                yield chunk.text(choice.index, text, choice.finish_reason)
             unfinished -= choice.finish_reason is not None
             if not unfinished:
                 break
-        if include_usage:
-            yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage(prompts, choices).model_dump()})}\n\n"
-        yield "data: [DONE]\n\n"
-        record(request, choices)
-    finally:
-        close(choices)
+    except (APIError, EngineDeadError) as exc:  # the engine failed a choice: say so in the stream and end it
+        error = engine_dead(exc) if isinstance(exc, EngineDeadError) else exc
+        record.error_code = error.code
+        yield b"data: " + orjson.dumps(error_body(error.status, error.message, code=error.code)) + b"\n\n"
+        return
+    if include_usage:
+        yield b"data: " + orjson.dumps({**head, "choices": [], "usage": usage(prompts, choices).model_dump()}) + b"\n\n"
+    yield b"data: [DONE]\n\n"
+    note(record, choices)
+
+
+class ChunkTemplate:
+    """SSE chunks of one completion stream. A plain text chunk is a prebuilt prefix, the JSON of
+    the text, and a prebuilt suffix: no dict per token, one small orjson call."""
+
+    def __init__(self, head: dict, include_usage: bool):
+        self.head, self.include_usage = head, include_usage
+        prefix = orjson.dumps({**head, "choices": []})[:-2]  # ...,"choices":[  (without ]} )
+        self._prefix = b"data: " + prefix + b'{"index":'
+        tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        self._open_suffix = b',"logprobs":null,"finish_reason":null}]' + tail
+        self._tail = tail
+
+    def text(self, index: int, text: str, finish_reason: str | None) -> bytes:
+        if finish_reason is None:
+            return b"%s%d,\"text\":%s%s" % (self._prefix, index, orjson.dumps(text), self._open_suffix)
+        return self.full(index, text, None, finish_reason)
+
+    def full(self, index: int, text: str, logprobs: dict | None, finish_reason: str | None) -> bytes:
+        chunk = {**self.head, "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                                           "finish_reason": finish_reason}]}
+        if self.include_usage:
+            chunk["usage"] = None
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, RequestOutput]]:
@@ -200,8 +225,8 @@ def usage(prompts: list[list[int]], choices: list[Choice]) -> Usage:
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
 
 
-def record(request: Request, choices: list[Choice]) -> None:
-    """Leave what the request log and metrics need on the request state."""
-    request.state.completion_tokens = sum(c.completion_tokens for c in choices)
-    request.state.finish_reasons = [c.finish_reason for c in choices]
-    request.state.engine_stats = [c.stats for c in choices if c.stats is not None]
+def note(record: RequestRecord, choices: list[Choice]) -> None:
+    """What the request log and metrics need."""
+    record.completion_tokens = sum(c.completion_tokens for c in choices)
+    record.finish_reasons = [c.finish_reason for c in choices]
+    record.engine_stats = [c.stats for c in choices if c.stats is not None]

@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import AppState
 from app.api.errors import error_response
+from app.api.record import RequestRecord
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -24,7 +25,8 @@ class RequestContextMiddleware:
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        record = RequestRecord(request_id)
+        scope.setdefault("state", {})["record"] = record
         id_header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -35,6 +37,7 @@ class RequestContextMiddleware:
         length = headers.get(b"content-length", b"")
         limit = self.state.settings.max_request_bytes
         if length.isdigit() and int(length) > limit:  # refuse before reading a byte
+            record.error_code = "body_too_large"
             response = error_response(413, f"the request body has {int(length)} bytes; the limit is {limit} "
                                       "(GPT2_MAX_REQUEST_BYTES)", code="body_too_large")
             return await response(scope, receive, send_with_id)

@@ -1,5 +1,7 @@
 """What routes depend on: the service (once ready) and the API key check."""
 
+import asyncio
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,22 +13,35 @@ from app.api.errors import APIError
 from app.config import Settings
 from app.service import Service
 
+log = logging.getLogger(__name__)
+
+# after the engine died: seconds for the failed requests' answers to get out before the server exits
+ENGINE_DEATH_GRACE = 1.0
+
 
 @dataclass
 class AppState:
-    """The app's lifecycle: loading -> ready -> draining -> stopped."""
+    """The app's lifecycle: loading -> ready -> draining -> stopped (or: the engine died)."""
 
     settings: Settings
     service: Service | None = None
     load_error: BaseException | None = None
+    engine_error: str | None = None  # why the engine died or hung, once it did
     draining: bool = False
     in_flight: int = 0  # HTTP requests being served (health probes included)
-    on_fatal: Callable[[], None] | None = None  # set by the CLI: stop the server
+    on_fatal: Callable[[], None] | None = None  # set by the server: stop serving (the process exits 1)
     on_ready: list[Callable[[Service], None]] = field(default_factory=list)  # e.g. metrics subscribing
 
     @property
     def ready(self) -> bool:
         return self.service is not None and self.service.engine.is_alive and not self.draining
+
+    def engine_died(self, reason: str) -> None:
+        """The engine client's death listener: probes answer 503 from now on, and the server exits
+        shortly (so that an orchestrator restarts the pod even without a liveness probe)."""
+        self.engine_error = reason
+        if self.on_fatal is not None:
+            asyncio.get_running_loop().call_later(ENGINE_DEATH_GRACE, self.on_fatal)
 
 
 # async on purpose: FastAPI runs plain `def` dependencies in a thread pool, a hop per request
@@ -36,11 +51,13 @@ async def get_state(request: Request) -> AppState:
 
 
 async def get_service(request: Request) -> Service:
-    """The loaded service; 503 while loading or draining, or if the engine loop died."""
+    """The loaded service; 503 while loading or draining, or once the engine died."""
     state: AppState = request.app.state.gpt2
     if state.draining:
         raise APIError(503, "the server is shutting down; retry on another replica", code="draining")
-    if state.service is None or not state.service.engine.is_alive:
+    if state.engine_error is not None:
+        raise APIError(503, f"the engine is down: {state.engine_error}", code="engine_dead")
+    if state.service is None:
         raise APIError(503, "the model is not ready yet", code="not_ready", headers={"Retry-After": "5"})
     return state.service
 

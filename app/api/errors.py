@@ -65,15 +65,20 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
 def install_error_handlers(app: FastAPI) -> None:
     document_errors(app)
 
+    def note(request: Request, code: str | None) -> None:  # for the request log and the rejection metrics
+        record = getattr(request.state, "record", None)
+        if record is not None:
+            record.error_code = code
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        request.state.error_code = exc.code  # for the request log and the rejection metrics
+        note(request, exc.code)
         return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = describe_validation_error(exc)
-        request.state.error_code = "invalid_value"
+        note(request, "invalid_value")
         return error_response(400, message, param, "invalid_value")
 
     @app.exception_handler(StarletteHTTPException)

@@ -8,13 +8,16 @@ from app.api.deps import StateDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process is up and serving HTTP")
-async def healthz() -> dict:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness: the process serves HTTP and its engine is alive (or loading)",
+            responses={503: {"description": "the engine process died or stopped answering: restart the pod"}})
+async def healthz(state: StateDep) -> JSONResponse:
+    if state.engine_error is not None:
+        return JSONResponse({"status": "engine dead", "reason": state.engine_error}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: model loaded, warmed up, engine loop alive, not draining",
-            responses={503: {"description": "loading, draining, or the engine loop died"}})
+@router.get("/readyz", summary="Readiness: model loaded, warmed up, engine alive, not draining",
+            responses={503: {"description": "loading, draining, or the engine died"}})
 async def readyz(state: StateDep) -> JSONResponse:
     if state.ready:
         return JSONResponse({"status": "ready", "model": state.service.info.name})
@@ -25,5 +28,5 @@ async def readyz(state: StateDep) -> JSONResponse:
     elif state.service is None:
         status = "loading"
     else:
-        status = "engine stopped"
+        status = "engine dead"
     return JSONResponse({"status": status}, status_code=503)

@@ -7,28 +7,27 @@ writes one log line, a JSON object under GPT2_LOG_FORMAT=json:
      "duration_ms": 812.4, "prompt_tokens": 5, "completion_tokens": 16, "queue_time_ms": 0.3,
      "ttft_ms": 41.2, "finish_reason": "length"}
 
-The route leaves what it knows on request.state (prompt_tokens, completion_tokens, scored_tokens,
-finish_reasons, engine_stats, error_code, prompt_text); the middleware only reads it. The prompt
-text is logged only with GPT2_LOG_PROMPTS=true. Probes and /metrics log at DEBUG unless they fail.
+The route leaves what it knows in the request's RequestRecord (app/api/record.py); the middleware
+only reads it. The prompt text is logged only with GPT2_LOG_PROMPTS=true. Probes and /metrics log
+at DEBUG unless they fail.
 
 A request whose client disconnects before the response is complete is "aborted": logged and
 counted with status 499 whatever was sent. An exception that escapes the app counts as 500.
 """
 
-from __future__ import annotations
-
 import logging
+import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-    from app.config import Settings
-    from app.metrics import Metrics
+from app.api.record import RequestRecord
+from app.config import Settings
+from app.metrics import Metrics
+from app.service import Service
 
 log = logging.getLogger("app.access")
 
@@ -99,9 +98,14 @@ class ObservabilityMiddleware:
         """Count the request and log its line; never raises (observability must not fail a request)."""
         duration = time.perf_counter() - start
         try:
-            state: dict[str, Any] = scope.get("state") or {}
+            record: RequestRecord | None = (scope.get("state") or {}).get("record")
             endpoint = self.endpoint(scope)
-            self.metrics.observe_http(endpoint, status, duration, state, aborted)
+            if record is None:
+                self.metrics.observe_http(endpoint, status, duration, aborted)
+            else:
+                self.metrics.observe_http(endpoint, status, duration, aborted, record.error_code,
+                                          record.prompt_tokens or 0, record.completion_tokens or 0,
+                                          record.scored_tokens or 0)
             if aborted:
                 status = 499
             if endpoint in QUIET_ENDPOINTS and (status < 400 or status == 503):  # 503: loading or draining
@@ -111,7 +115,7 @@ class ObservabilityMiddleware:
             else:
                 level = logging.INFO
             if log.isEnabledFor(level):
-                fields = request_fields(scope, state, endpoint, status, duration, aborted, self.log_prompts)
+                fields = request_fields(scope, record, endpoint, status, duration, aborted, self.log_prompts)
                 log.log(level, "%s %s %d %.1fms%s", scope["method"], endpoint, status, duration * 1e3,
                         " (client went away)" if aborted else "", extra={"fields": fields})
         except Exception:
@@ -119,35 +123,36 @@ class ObservabilityMiddleware:
                 self._failed = True
                 log.exception("recording a request's metrics or log line failed (logged once)")
 
+
 def ms(seconds: float) -> float:
     return round(seconds * 1e3, 3)
 
 
-def request_fields(scope: Scope, state: dict[str, Any], endpoint: str, status: int, duration: float,
+def request_fields(scope: Scope, record: RequestRecord | None, endpoint: str, status: int, duration: float,
                    aborted: bool, log_prompts: bool) -> dict[str, Any]:
     """The request log line's fields (times in milliseconds)."""
-    fields: dict[str, Any] = {"request_id": state.get("request_id"), "method": scope["method"],
+    fields: dict[str, Any] = {"request_id": record.request_id if record else None, "method": scope["method"],
                               "endpoint": endpoint, "status": status, "duration_ms": ms(duration)}
     if endpoint != scope["path"]:
         fields["path"] = scope["path"]
-    for key in ("prompt_tokens", "completion_tokens", "scored_tokens"):
-        if state.get(key) is not None:
-            fields[key] = state[key]
-    stats = state.get("engine_stats")
-    if stats:  # one per engine sequence: the longest wait, the first token of any
-        fields["queue_time_ms"] = ms(max(s.queue_time for s in stats))
-        ttfts = [s.time_to_first_token for s in stats if s.time_to_first_token is not None]
-        if ttfts:
-            fields["ttft_ms"] = ms(min(ttfts))
-    reasons = state.get("finish_reasons")
-    if reasons:
-        fields["finish_reason"] = ",".join(dict.fromkeys(str(r) for r in reasons))
-    if state.get("error_code"):
-        fields["error_code"] = state["error_code"]
+    if record is not None:
+        for key in ("prompt_tokens", "completion_tokens", "scored_tokens"):
+            if getattr(record, key) is not None:
+                fields[key] = getattr(record, key)
+        stats = record.engine_stats
+        if stats:  # one per engine sequence: the longest wait, the first token of any
+            fields["queue_time_ms"] = ms(max(s.queue_time for s in stats))
+            ttfts = [s.time_to_first_token for s in stats if s.time_to_first_token is not None]
+            if ttfts:
+                fields["ttft_ms"] = ms(min(ttfts))
+        if record.finish_reasons:
+            fields["finish_reason"] = ",".join(dict.fromkeys(str(r) for r in record.finish_reasons))
+        if record.error_code:
+            fields["error_code"] = record.error_code
+        if log_prompts and record.prompt is not None:
+            fields["prompt"] = record.prompt  # a string, strings, or token ids: all JSON
     if aborted:
         fields["aborted"] = True
-    if log_prompts and state.get("prompt_text") is not None:
-        fields["prompt"] = state["prompt_text"]  # a string, strings, or token ids: all JSON
     return fields
 
 
@@ -159,3 +164,30 @@ def api_paths(app: FastAPI) -> list[str]:
     except Exception:  # a schema that fails to build must not stop the metrics
         logging.getLogger(__name__).warning("cannot list the API's routes from its OpenAPI schema", exc_info=True)
         return [path for route in app.routes if isinstance(path := getattr(route, "path", None), str)]
+
+
+def install_metrics(app: FastAPI) -> Metrics:
+    """Serve /metrics from a registry of this app's own, record every HTTP request, and subscribe
+    to the engine's stats once it is ready (GPT2_METRICS=false: no engine stats are recorded;
+    /metrics still serves the HTTP series, the engine's state and the process collectors). Under
+    several API processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor) every process serves
+    the sum of all."""
+    state = app.state.gpt2
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics = Metrics(process_collectors=directory is None, multiprocess_dir=directory)
+    app.state.metrics = metrics
+
+    async def serve_metrics(request: Request) -> Response:
+        body, content_type = metrics.render(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
+
+    app.add_api_route("/metrics", serve_metrics, methods=["GET"], tags=["health"], response_class=Response,
+                      summary="Prometheus metrics (text format, or OpenMetrics when asked for)")
+    app.add_middleware(ObservabilityMiddleware, fastapi_app=app, metrics=metrics, settings=state.settings)
+
+    def on_ready(service: Service) -> None:
+        metrics.known_endpoints(api_paths(app))
+        metrics.bind(service.engine, service.info, record_engine_stats=state.settings.metrics)
+
+    state.on_ready.append(on_ready)
+    return metrics

@@ -121,7 +121,7 @@ class CompletionRequest(BaseModel):
             repetition_penalty=self.repetition_penalty,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
             min_tokens=self.min_tokens,
-            seed=None if self.seed is None else self.seed + choice,
+            seed=None if self.seed is None else (self.seed + choice) % 2**64,  # any integer, as torch takes seeds
             ignore_eos=self.ignore_eos,
             stop_token_ids=list(self.stop_token_ids),
             logprobs=self.logprobs,

@@ -14,9 +14,10 @@ from app.api import score_schemas as schemas
 from app.api.deps import ServiceDep, check_model
 from app.api.disconnect import until_done_or_disconnected
 from app.api.errors import APIError
+from app.api.record import RecordDep
 from app.api.score_schemas import ScoreRequest, ScoreResponse, ScoreResult
 from app.api.submission import check, gather_all, submit_all
-from app.engine.async_engine import RequestStream
+from app.engine.client import RequestStream
 from app.engine.sequence import PromptScores
 from app.engine.stats import RequestStats
 from app.scoring import Summary, Window, merge_windows, plan_windows, summarize, window_params
@@ -45,27 +46,26 @@ class Item:
 @router.post("/v1/score", response_model=ScoreResponse, summary="Score texts: logprobs, ranks, perplexity, detection",
              responses={400: {"description": "invalid field or input too long"}, 404: {"description": "unknown model"},
                         429: {"description": "queue full"}, 503: {"description": "not ready or draining"}})
-async def create_score(body: ScoreRequest, request: Request, service: ServiceDep) -> ScoreResponse:
+async def create_score(body: ScoreRequest, request: Request, service: ServiceDep, record: RecordDep) -> ScoreResponse:
     check_model(service, body.model)
     items = plan(service, body)
     request_id = f"score-{uuid.uuid4().hex}"
     submit(service, body, items, request_id)
-    request.state.prompt_tokens = sum(len(item.token_ids) for item in items)
-    request.state.completion_tokens = 0
-    request.state.prompt_text = body.input  # logged only with GPT2_LOG_PROMPTS
+    record.prompt_tokens = sum(len(item.token_ids) for item in items)
+    record.completion_tokens = 0
+    record.prompt = body.input  # logged only with GPT2_LOG_PROMPTS
     streams = [s for item in items for s in item.streams]
     try:
         await until_done_or_disconnected(collect(items), request)
     finally:
-        for stream in streams:
-            stream.close()
+        service.engine.close(streams)
     merged = [merge_windows(item.windows, item.scores) for item in items]
     summaries = [summarize(scores, body.detect) for scores in merged]
     results = [result(service, body, *args) for args in zip(items, merged, summaries, strict=True)]
     scored = sum(s.num_tokens for s in summaries)
-    request.state.scored_tokens = scored
-    request.state.engine_stats = [s for item in items for s in item.stats]
-    sent = request.state.prompt_tokens
+    record.scored_tokens = scored
+    record.engine_stats = [s for item in items for s in item.stats]
+    sent = record.prompt_tokens
     return ScoreResponse(id=request_id, created=int(time.time()), model=service.info.name, data=results,
                          usage=schemas.ScoreUsage(prompt_tokens=sent, scored_tokens=scored, total_tokens=sent))
 
@@ -90,7 +90,7 @@ def tokenize(service: Service, text: str | list[int], context: str | list[int] |
 def plan(service: Service, body: ScoreRequest) -> list[Item]:
     """Tokenize and validate every input, and plan its engine sequences; 400 on the first bad one."""
     inputs, contexts = body.inputs(), body.contexts()
-    max_len, vocab = service.info.max_model_len, service.engine.engine.vocab_size
+    max_len, vocab = service.info.max_model_len, service.info.vocab_size
     several = len(inputs) > 1
     if body.stride is not None and body.stride >= max_len:
         raise APIError(400, f"stride must be at most max_model_len - 1 = {max_len - 1}, got {body.stride}",
@@ -127,12 +127,6 @@ def submit(service: Service, body: ScoreRequest, items: list[Item], request_id: 
     streams = iter(submit_all(service, sequences, param="input"))
     for item in items:
         item.streams = [next(streams) for _ in item.windows]
-
-
-def close(items: list[Item]) -> None:
-    for item in items:
-        for stream in item.streams:
-            stream.close()
 
 
 async def collect(items: list[Item]) -> None:

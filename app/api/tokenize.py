@@ -25,7 +25,7 @@ async def tokenize(body: TokenizeRequest, service: ServiceDep) -> TokenizeRespon
 @router.post("/detokenize", response_model=DetokenizeResponse, summary="Token ids -> text")
 async def detokenize(body: DetokenizeRequest, service: ServiceDep) -> DetokenizeResponse:
     check_model(service, body.model)
-    vocab = service.tokenizer.vocab_size
+    vocab = service.info.vocab_size
     bad = next((t for t in body.tokens if t >= vocab), None)
     if bad is not None:
         raise APIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param="tokens")

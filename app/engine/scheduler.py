@@ -4,6 +4,9 @@ Iteration-level batching: every step, running sequences that are decoding get on
 what is left of the step's token budget goes to prefill, in arrival order, first to sequences
 already part-way through their prompt, then to waiting ones as cache slots allow. A long prompt
 is thus prefilled in chunks between decode steps, and decodes are never starved.
+
+The decoding sequences are kept as a list that changes only when one joins or leaves, with a
+version number, so that the runner rebuilds its view of the batch only then.
 """
 
 import heapq
@@ -13,14 +16,11 @@ from dataclasses import dataclass, field
 from app.engine.sequence import FinishReason, Sequence, Status
 
 
-class QueueFullError(Exception):
-    """The waiting queue holds max_queue requests already."""
-
-
 @dataclass
 class SchedulerOutput:
     decodes: list[Sequence] = field(default_factory=list)
     prefills: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, chunk length)
+    decode_version: int = -1  # changes whenever the list of decoding sequences does
 
     @property
     def num_tokens(self) -> int:
@@ -39,39 +39,54 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, max_batch_size: int, max_num_batched_tokens: int, max_queue: int):
+    def __init__(self, max_batch_size: int, max_num_batched_tokens: int):
         if max_num_batched_tokens < max_batch_size:
             raise ValueError("max_num_batched_tokens must be at least max_batch_size, "
                              "so that every running sequence can decode in each step")
         self.max_batch_size = max_batch_size
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_queue = max_queue
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # in admission order
+        self.prefilling: list[Sequence] = []  # in admission order
+        self.decoding: list[Sequence] = []
+        self.decode_version = 0
         self._free_slots = list(range(max_batch_size))  # a heap: the lowest slot is taken first
+        self._by_id: dict[str, Sequence] = {}
+
+    @property
+    def num_running(self) -> int:
+        return len(self.prefilling) + len(self.decoding)
 
     @property
     def num_unfinished(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.waiting) + self.num_running
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Fraction of cache slots held by running sequences."""
+        return self.num_running / self.max_batch_size
 
     def add(self, seq: Sequence) -> None:
-        """Queue a sequence, or raise QueueFullError when max_queue are waiting already."""
-        if len(self.waiting) >= self.max_queue:
-            raise QueueFullError(f"the queue is full ({self.max_queue} requests waiting)")
+        """Queue a sequence (admission control happens before it reaches the engine)."""
+        if seq.request_id in self._by_id:
+            raise ValueError(f"request id {seq.request_id!r} is already queued or running")
         self.waiting.append(seq)
+        self._by_id[seq.request_id] = seq
+
+    def find(self, request_id: str) -> Sequence | None:
+        return self._by_id.get(request_id)
 
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
-        out.decodes = [s for s in self.running if not s.in_prefill]
-        budget = self.max_num_batched_tokens - len(out.decodes)
-        for seq in self.running:
-            if seq.in_prefill and budget > 0:
-                budget -= self._add_chunk(out, seq, budget)
+        out = SchedulerOutput(decodes=self.decoding, decode_version=self.decode_version)
+        budget = self.max_num_batched_tokens - len(self.decoding)
+        for seq in self.prefilling:
+            if budget <= 0:
+                break
+            budget -= self._add_chunk(out, seq, budget)
         while self.waiting and self._free_slots and budget > 0:
             seq = self.waiting.popleft()
             seq.slot = heapq.heappop(self._free_slots)
-            seq.status = Status.RUNNING
-            self.running.append(seq)
+            seq.status = Status.PREFILL
+            self.prefilling.append(seq)
             budget -= self._add_chunk(out, seq, budget)
         return out
 
@@ -81,6 +96,13 @@ class Scheduler:
         out.prefills.append((seq, n))
         return n
 
+    def start_decoding(self, seq: Sequence) -> None:
+        """Its prompt is computed: from the next step on it generates."""
+        self.prefilling.remove(seq)
+        self.decoding = [*self.decoding, seq]  # a new list: the one handed out by schedule() stays as it was
+        seq.status = Status.DECODE
+        self.decode_version += 1
+
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Take a sequence out of the queue or the batch and free its slot."""
         if seq.status is Status.FINISHED:
@@ -88,18 +110,12 @@ class Scheduler:
         if seq.status is Status.WAITING:
             self.waiting.remove(seq)
         else:
-            self.running.remove(seq)
+            if seq.status is Status.DECODE:
+                self.decoding = [s for s in self.decoding if s is not seq]
+                self.decode_version += 1
+            else:
+                self.prefilling.remove(seq)
             heapq.heappush(self._free_slots, seq.slot)
+        del self._by_id[seq.request_id]
         seq.status = Status.FINISHED
         seq.finish_reason = reason
-
-    def find(self, request_id: str) -> Sequence | None:
-        for seq in (*self.running, *self.waiting):
-            if seq.request_id == request_id:
-                return seq
-        return None
-
-    @property
-    def kv_cache_usage(self) -> float:
-        """Fraction of cache slots held by running sequences."""
-        return len(self.running) / self.max_batch_size

@@ -1,18 +1,20 @@
-"""What the engine knows about a request: its parameters, its state, and what it emits."""
+"""What the engine knows about a request: its parameters, its state, and what it emits.
+
+The types that cross the process boundary (parameters in, outputs and stats out) are msgspec
+Structs: they encode to msgpack in microseconds. `Sequence` is the engine's own bookkeeping and
+never leaves the engine process.
+"""
 
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+
+import msgspec
 
 from app.engine.stats import RequestStats
 
-if TYPE_CHECKING:
-    import torch
 
-
-@dataclass
-class SamplingParams:
+class SamplingParams(msgspec.Struct, omit_defaults=True):
     """How to continue one prompt. The HTTP layer converts its schemas into this, once."""
 
     max_tokens: int = 16
@@ -23,10 +25,10 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
+    logit_bias: dict[int, float] = {}
     min_tokens: int = 0
     seed: int | None = None
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop_token_ids: list[int] = []
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; k: the sampled token's logprob and the top k
     prompt_logprobs: int | None = None  # None: none; k: score prompt tokens, with the top k alternatives
@@ -46,47 +48,47 @@ class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS or a stop token (the API also uses it for stop strings)
     LENGTH = "length"  # max_tokens reached
     ABORT = "abort"  # the client went away or asked
-    ERROR = "error"  # the step that ran it failed
+    ERROR = "error"  # the step that ran it failed, or the engine died
 
 
-@dataclass
-class TokenLogprob:
+class TokenLogprob(msgspec.Struct, array_like=True):
     """The logprob of one chosen token and, when asked, the top alternatives at its position."""
 
     token_id: int
     logprob: float
     rank: int  # 1-based; ties count in the token's favour
-    top: list[tuple[int, float]] = field(default_factory=list)
+    top: list[tuple[int, float]] = []
 
 
-@dataclass
-class PromptScores:
+class PromptScores(msgspec.Struct, array_like=True):
     """Scores of prompt tokens f..n-1 (f = SamplingParams.prompt_logprobs_from, 1 by default: token
     0 has nothing before it), each given the tokens before it. Lists are aligned: entry i is
     about prompt token f + i."""
 
-    token_logprobs: list[float] = field(default_factory=list)
-    ranks: list[int] = field(default_factory=list)
-    top: list[list[tuple[int, float]]] = field(default_factory=list)
-    entropy: list[float] = field(default_factory=list)  # H(p) of the model's distribution
-    logprob_variance: list[float] = field(default_factory=list)  # Var_{x~p}[log p(x)]
+    token_logprobs: list[float] = []
+    ranks: list[int] = []
+    top: list[list[tuple[int, float]]] = []
+    entropy: list[float] = []  # H(p) of the model's distribution
+    logprob_variance: list[float] = []  # Var_{x~p}[log p(x)]
 
     def extend(self, other: "PromptScores") -> None:
-        for name in ("token_logprobs", "ranks", "top", "entropy", "logprob_variance"):
-            getattr(self, name).extend(getattr(other, name))
+        self.token_logprobs += other.token_logprobs
+        self.ranks += other.ranks
+        self.top += other.top
+        self.entropy += other.entropy
+        self.logprob_variance += other.logprob_variance
 
 
-@dataclass
-class RequestOutput:
+class RequestOutput(msgspec.Struct, array_like=True, omit_defaults=True):
     """What one engine step produced for one request: zero or one new token, plus, when the
     prompt has just been scored, its scores; `finish_reason` is set on the last output."""
 
     request_id: str
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    token_ids: list[int] = []
+    logprobs: list[TokenLogprob] = []
     prompt_scores: PromptScores | None = None
     finish_reason: FinishReason | None = None
-    error: str | None = None
+    error: str | None = None  # why it ended with FinishReason.ERROR
     num_output_tokens: int = 0  # total so far
     stats: RequestStats | None = None  # on the last output
 
@@ -97,7 +99,8 @@ class RequestOutput:
 
 class Status(enum.Enum):
     WAITING = enum.auto()
-    RUNNING = enum.auto()
+    PREFILL = enum.auto()  # holds a slot; its prompt is being computed, chunk by chunk
+    DECODE = enum.auto()  # holds a slot; generates a token per step
     FINISHED = enum.auto()
 
 
@@ -108,19 +111,19 @@ class Sequence:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    seed: int = 0  # of its random stream (the request's seed, or one drawn by the engine)
+    arrival_time: float = field(default_factory=time.monotonic)  # set by the API: its queueing counts too
     output_token_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     slot: int | None = None
     num_computed: int = 0
     finish_reason: FinishReason | None = None
     prompt_scores: PromptScores | None = None  # filled chunk by chunk during prefill
-    # timings (time.perf_counter) for stats
-    arrival_time: float = field(default_factory=time.perf_counter)
+    # timings (time.monotonic) for stats
     scheduled_time: float | None = None
     first_token_time: float | None = None
     last_token_time: float | None = None
     stats: RequestStats | None = None  # once finished
-    generator: "torch.Generator | None" = None  # its own random stream, when params.seed is set
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -1,11 +1,11 @@
-"""What the engine reports after each step; metrics.py turns it into Prometheus series."""
+"""What the engine reports: per finished sequence and per step. The stats travel with the outputs
+to the API process, where app/metrics.py turns them into Prometheus series."""
 
-from dataclasses import dataclass, field
+import msgspec
 
 
-@dataclass
-class RequestStats:
-    """One finished request, as the engine saw it (times in seconds)."""
+class RequestStats(msgspec.Struct, array_like=True):
+    """One finished sequence, as the engine saw it (times in seconds)."""
 
     request_id: str
     prompt_tokens: int
@@ -17,11 +17,16 @@ class RequestStats:
     scored_tokens: int  # prompt tokens given a logprob
 
 
-@dataclass
-class StepStats:
-    phase: str  # prefill, decode or mixed
+class StepStats(msgspec.Struct, array_like=True):
+    """One engine step, and the engine's state right after it."""
+
+    phase: str  # prefill, decode or mixed; "idle" for a state report without a step
     duration: float
     batch_size: int  # sequences in the step
     num_prefill_tokens: int
     num_decode_tokens: int
-    inter_token_latencies: list[float] = field(default_factory=list)
+    inter_token_latencies: list[float] = []
+    num_running: int = 0  # sequences holding a cache slot, after the step
+    num_waiting: int = 0  # sequences queued for a slot
+    kv_cache_usage: float = 0.0  # fraction of slots held
+    memory_used: float | None = None  # bytes on the model's device (refreshed about once a second)

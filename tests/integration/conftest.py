@@ -1,7 +1,10 @@
 """A real server: the app under uvicorn on 127.0.0.1 (an ephemeral port), in a thread of the
 test process, with the tiny model and the real tokenizer."""
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +42,32 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def spawn(env: dict[str, str]) -> subprocess.Popen:
+    """`gpt2-serve serve` as a process of its own (its output in .stdout)."""
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server not ready")
 
 
 def free_port() -> int:

@@ -122,7 +122,7 @@ def test_queue_full_is_429_with_retry_after(tiny_model_dir):
             waiting = threading.Thread(target=lambda: done.append(server.http().post("/v1/completions", json={
                 **long, "stream": False, "max_tokens": 5})))
             waiting.start()
-            while server.engine.engine.num_waiting == 0:
+            while server.engine.last_stats is None or server.engine.last_stats.num_waiting == 0:
                 pass  # the second waits in the queue
             response = http.post("/v1/completions", json={"prompt": "b"})
             error = assert_error(response, 429, text="capacity")

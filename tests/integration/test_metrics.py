@@ -9,7 +9,6 @@ per-request token histograms (a completion with n=1 and one prompt is one sequen
 import json
 import logging
 import re
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import start_server
+from app.engine.protocol import Fault
+from tests.integration.conftest import start_server, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/gpt2-serve.json"
@@ -69,13 +69,6 @@ def server(tiny_model_dir):
     server = start_server(model=tiny_model_dir, served_model_name="tiny-gpt2")
     yield server
     server.stop()
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # --- the exposition ----------------------------------------------------------------------------
@@ -182,12 +175,12 @@ def test_rejections_by_reason(server):
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 401
     finally:
         state.settings.api_keys = []
-    scheduler = server.engine.engine.scheduler
-    scheduler.max_queue, max_queue = 0, scheduler.max_queue  # every request finds the queue full
+    engine = server.engine
+    engine.capacity, capacity = 0, engine.capacity  # every request finds the engine full
     try:
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 429
     finally:
-        scheduler.max_queue = max_queue
+        engine.capacity = capacity
     state.draining = True
     try:
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 503
@@ -232,12 +225,7 @@ def test_body_too_large_by_content_length(server):
 def test_a_client_that_goes_away_is_an_abort(server):
     before = scrape(server)
     long = {"prompt": "a", "max_tokens": 480, "ignore_eos": True, "stream": True}
-    engine = server.engine.engine
-
-    def slow(stats):  # the tiny model is too quick to catch mid-stream
-        time.sleep(0.01)
-
-    engine.step_listeners.append(slow)
+    server.engine.inject(Fault(step_delay=0.01))  # the tiny model is too quick to catch mid-stream
     try:
         with server.http() as http, http.stream("POST", "/v1/completions", json=long) as response:
             lines = response.iter_lines()  # keep it: a dropped iterator closes the response
@@ -248,7 +236,7 @@ def test_a_client_that_goes_away_is_an_abort(server):
             httpx.post(f"{server.url}/v1/completions", json={**long, "stream": False}, timeout=0.5)
         wait_for(lambda: scrape(server)("gpt2_requests_aborted_total") - before("gpt2_requests_aborted_total") >= 2)
     finally:
-        engine.step_listeners.remove(slow)
+        server.engine.inject(Fault())
     after = scrape(server)
     assert after("gpt2_requests_aborted_total") - before("gpt2_requests_aborted_total") == 2
     assert after("gpt2_requests_total", endpoint="/v1/completions", status="499") - before(
@@ -281,8 +269,8 @@ def test_one_log_line_per_request_with_its_numbers(server, caplog):
 def test_metrics_off_records_no_engine_stats(tiny_model_dir):
     server = start_server(model=tiny_model_dir, metrics=False)
     try:
-        engine = server.engine.engine
-        assert engine.step_listeners == [] and engine.request_listeners == []
+        engine, metrics = server.engine, server.app.state.metrics
+        assert engine.step_listeners == [metrics.on_state] and engine.request_listeners == []
         server.http().post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3})
         s = scrape(server)
         assert s("gpt2_time_to_first_token_seconds_count") == 0 and s("gpt2_batch_size_count") == 0

@@ -35,6 +35,7 @@ import httpx
 import pytest
 import yaml
 
+from app.engine.protocol import Fault
 from tests.integration.conftest import free_port, start_server
 from tests.integration.test_metrics import alert_exprs, dashboard_exprs
 
@@ -188,11 +189,10 @@ def load(server) -> dict[int, int]:
     """A bounded mixed load (~10 s); returns how many responses got each status."""
     statuses: dict[int, int] = {}
     lock = threading.Lock()
-    engine = server.engine.engine
-    delay = [0.005]
+    engine = server.engine
 
-    def slow(stats):  # the tiny model is ~100x quicker than a real one: give gauges and queues a life
-        time.sleep(delay[0])
+    def slow(delay: float) -> None:  # the tiny model is ~100x quicker than a real one: give gauges and queues a life
+        engine.inject(Fault(step_delay=delay))
 
     def note(response: httpx.Response) -> None:
         with lock:
@@ -223,7 +223,7 @@ def load(server) -> dict[int, int]:
     def burst_one() -> None:
         note(server.http().post("/v1/completions", json={"prompt": "burst", "max_tokens": 48, "ignore_eos": True}))
 
-    engine.step_listeners.append(slow)
+    slow(0.005)
     try:
         until = time.monotonic() + 5
         threads = [threading.Thread(target=worker, args=(k * 1000, until)) for k in range(3)]
@@ -231,7 +231,7 @@ def load(server) -> dict[int, int]:
             t.start()
         for t in threads:
             t.join(120)
-        delay[0] = 0.02
+        slow(0.02)
         burst = [threading.Thread(target=burst_one) for _ in range(12)]  # 4 slots + 4 queued: the rest get 429
         for t in burst:
             t.start()
@@ -241,10 +241,10 @@ def load(server) -> dict[int, int]:
                 "prompt": "a", "max_tokens": 200, "ignore_eos": True, "stream": True}) as r:
             lines = r.iter_lines()
             next(lines)  # then the client goes away
-        delay[0] = 0.005
+        slow(0.005)
         errors(server, note)
     finally:
-        engine.step_listeners.remove(slow)
+        slow(0.0)
     assert statuses.get(429, 0) >= 1, statuses
     return statuses
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from app.calibrate import calibrate
 from app.cli import cli
 from app.scoring import plan_windows
+from tests.integration.conftest import wait_for
 
 TOL = 1e-4
 MAX_LEN = 512  # the tiny model's n_positions
@@ -191,7 +192,7 @@ def test_alone_batched_and_beside_generation_give_the_same_numbers(http, live):
     inputs = [random_ids(rng, rng.randint(2, 300)) for _ in range(32)]
     alone = [score(http, input=ids)["data"][0] for ids in inputs[:6]]
     steps = []
-    live.engine.engine.step_listeners.append(steps.append)
+    live.engine.step_listeners.append(steps.append)
     try:
         batched = score(http, input=inputs)["data"]
         batch_sizes = [s.batch_size for s in steps]
@@ -211,7 +212,7 @@ def test_alone_batched_and_beside_generation_give_the_same_numbers(http, live):
         beside = score(http, input=inputs)["data"]
         thread.join(120)
     finally:
-        live.engine.engine.step_listeners.remove(steps.append)
+        live.engine.step_listeners.remove(steps.append)
     assert generation["response"].status_code == 200
     assert any(s.phase == "mixed" for s in steps), "scoring and generation shared steps"
     assert max(batch_sizes) > 1, "the 32 inputs were batched"
@@ -353,13 +354,11 @@ def test_more_sequences_than_the_queue_holds_is_400(http):
 
 
 def test_queue_full_is_429_with_retry_after(http, live):
-    scheduler = live.engine.engine.scheduler
-    saved = scheduler.max_queue
-    scheduler.max_queue = 0
+    saved, live.engine.capacity = live.engine.capacity, 0  # every request finds the engine full
     try:
         response = http.post("/v1/score", json={"input": ["one two", "three four"]})
     finally:
-        scheduler.max_queue = saved
+        live.engine.capacity = saved
     assert response.status_code == 429 and response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "queue_full"
     assert live.engine.num_unfinished == 0
@@ -367,19 +366,19 @@ def test_queue_full_is_429_with_retry_after(http, live):
 
 def test_a_client_that_goes_away_aborts_every_sequence(live):
     aborted = []
-    live.engine.engine.request_listeners.append(aborted.append)
+    live.engine.request_listeners.append(aborted.append)
     try:
         rng = random.Random(8)
         body = {"input": [random_ids(rng, 511) for _ in range(64)], "top_logprobs": 20}  # seconds of work
         with pytest.raises(httpx.TimeoutException):
             httpx.post(f"{live.url}/v1/score", json=body, timeout=0.5)
-        deadline = time.monotonic() + 20
-        while live.engine.num_unfinished and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # every sequence ends: scored before the client left, or aborted (their stats come back)
+        wait_for(lambda: len(aborted) == 64, timeout=20)
     finally:
-        live.engine.engine.request_listeners.remove(aborted.append)
+        live.engine.request_listeners.remove(aborted.append)
     assert live.engine.num_unfinished == 0
     assert sum(s.finish_reason == "abort" for s in aborted) > 0
+    wait_for(lambda: live.engine.last_stats.num_running == live.engine.last_stats.num_waiting == 0)
 
 
 # --- calibrate -----------------------------------------------------------------------------------

@@ -33,3 +33,50 @@ def test_the_rule_would_catch_an_offender(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from fastapi import FastAPI\nimport starlette.responses\n")
     assert {"fastapi", "starlette.responses"} <= imported_modules(bad)
+
+
+def offenders(paths, forbidden: tuple[str, ...], allowed: tuple[str, ...] = ()) -> list[str]:
+    found = []
+    for path in paths:
+        for module in imported_modules(path):
+            if module.startswith(forbidden) and not module.startswith(allowed):
+                found.append(f"{path.name} imports {module}")
+    return found
+
+
+ENGINE_INSIDES = ("app.engine.core", "app.engine.runner", "app.engine.scheduler", "app.engine.sampler")
+
+
+def test_the_model_imports_nothing_from_the_engine():
+    files = list((APP / "model").rglob("*.py"))
+    assert len(files) >= 4
+    assert offenders(files, ("app.engine", "app.api", "app.service", "app.metrics")) == []
+
+
+def test_the_engine_client_is_the_only_door():
+    """Outside the engine, only the composition root (service.py, which builds the core in the
+    engine process) may touch the engine's insides; the API, metrics, CLI and server use the client."""
+    files = [p for p in APP.rglob("*.py") if "engine" not in p.parts and "model" not in p.parts
+             and p.name != "service.py"]
+    assert len(files) >= 15
+    assert offenders(files, ENGINE_INSIDES) == []
+
+
+def test_metrics_know_nothing_of_the_http_layer():
+    assert offenders([APP / "metrics.py"], ("app.api", "fastapi", "starlette")) == []
+
+
+def test_the_api_process_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, app.main, app.server, app.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=APP.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_the_door_rule_would_catch_an_offender(tmp_path):
+    bad = tmp_path / "route.py"
+    bad.write_text("from app.engine.scheduler import Scheduler\nimport app.engine.client\n")
+    assert offenders([bad], ENGINE_INSIDES) == ["route.py imports app.engine.scheduler"]

@@ -1,49 +1,53 @@
-"""The engine end to end on the tiny model: continuous batching gives each request exactly
-what it would get alone, seeds are per request, aborts free slots, failures stay contained."""
+"""The engine core on the tiny model, stepped by hand: continuous batching gives each request
+exactly what it would get alone, seeds are per request, aborts free slots, failures stay
+contained. (The engine in its own process, behind the client, is tests/integration/test_engine_process.py.)"""
 
-import asyncio
 import random
+import time
 
+import msgspec
 import pytest
 import torch
 
 from app.config import Settings
-from app.engine.async_engine import AsyncEngine
-from app.engine.engine import InvalidRequestError
-from app.engine.scheduler import QueueFullError
+from app.engine.protocol import EngineRequest, Fault
 from app.engine.sequence import FinishReason, SamplingParams
-from app.service import build_engine
+from app.service import build_core
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def sync_engine(tiny_model_dir):
+def core(tiny_model_dir):
     # a small step budget and fewer slots than requests: chunked prefill, queueing, slot reuse
-    settings = Settings(model=tiny_model_dir, max_batch_size=8, max_num_batched_tokens=64, max_queue=64)
-    engine, tokenizer, info = build_engine(settings)
-    return engine
+    core, _ = build_core(Settings(model=tiny_model_dir, max_batch_size=8, max_num_batched_tokens=64))
+    return core
 
 
-def run(engine, scenario):
-    """Run `scenario(async_engine)` on a fresh loop thread around the shared engine."""
-
-    async def main():
-        async_engine = AsyncEngine()
-        async_engine.start(engine)
-        try:
-            return await scenario(async_engine)
-        finally:
-            async_engine.stop()
-
-    return asyncio.run(main())
+def request(request_id: str, prompt: list[int], params: SamplingParams) -> EngineRequest:
+    return EngineRequest(request_id, prompt, params, time.monotonic())
 
 
-async def collect(async_engine, request_id, prompt, params, delay=0.0):
-    await asyncio.sleep(delay)
-    tokens, outputs = [], []
-    async for out in async_engine.add_request(request_id, prompt, params):
-        tokens += out.token_ids
-        outputs.append(out)
-    return tokens, outputs
+def drive(core, arrivals: dict[int, list[EngineRequest]], aborts: dict[int, list[str]] = (), max_steps: int = 20000):
+    """Step the core until all is done, adding arrivals[k] (and aborting aborts[k]) before step k.
+    Returns each request's outputs, in order."""
+    aborts = dict(aborts)
+    outputs: dict[str, list] = {}
+    for step in range(max_steps):
+        for req in arrivals.get(step, []):
+            core.add(req)
+        for rid in aborts.get(step, []):
+            out = core.abort(rid)
+            if out is not None:
+                outputs.setdefault(rid, []).append(out)
+        if step > max(arrivals, default=0) and step > max(aborts, default=0) and not core.has_unfinished():
+            return outputs
+        for out in core.step()[0]:
+            outputs.setdefault(out.request_id, []).append(out)
+    raise AssertionError("the engine did not finish")
+
+
+def tokens_of(outputs) -> list[int]:
+    return [t for o in outputs for t in o.token_ids]
 
 
 def hf_greedy(hf_model, prompt, max_tokens):
@@ -53,177 +57,96 @@ def hf_greedy(hf_model, prompt, max_tokens):
     return out[0, len(prompt) :].tolist()
 
 
-def test_staggered_greedy_requests_match_transformers_alone(sync_engine, hf_model):
+def assert_idle(core) -> None:
+    s = core.scheduler
+    assert s.num_unfinished == 0 and sorted(s._free_slots) == list(range(s.max_batch_size))
+
+
+def test_staggered_greedy_requests_match_transformers_alone(core, hf_model):
     rng = random.Random(0)
     lengths = [1, 200, *[rng.randint(2, 199) for _ in range(14)]]
     max_tokens = [64, 1, *[rng.randint(1, 64) for _ in range(14)]]
     prompts = [[rng.randrange(50257) for _ in range(n)] for n in lengths]
-
-    async def scenario(engine):
-        jobs = [collect(engine, f"r{i}", p, SamplingParams(max_tokens=m, temperature=0.0), delay=0.02 * (i % 5))
-                for i, (p, m) in enumerate(zip(prompts, max_tokens, strict=True))]
-        return await asyncio.gather(*jobs)
-
-    results = run(sync_engine, scenario)
-    for prompt, m, (tokens, outputs) in zip(prompts, max_tokens, results, strict=True):
-        expected = hf_greedy(hf_model, prompt, m)
-        assert tokens == expected
+    arrivals: dict[int, list] = {}
+    for i, (p, m) in enumerate(zip(prompts, max_tokens, strict=True)):
+        arrivals.setdefault(3 * (i % 5), []).append(request(f"r{i}", p, SamplingParams(max_tokens=m, temperature=0.0)))
+    results = drive(core, arrivals)
+    for i, (prompt, m) in enumerate(zip(prompts, max_tokens, strict=True)):
+        outputs, expected = results[f"r{i}"], hf_greedy(hf_model, prompt, m)
+        assert tokens_of(outputs) == expected
         assert outputs[-1].finish_reason is (FinishReason.STOP if expected[-1] == 50256 and len(expected) < m
                                              else FinishReason.LENGTH)
-        assert sum(o.finished for o in outputs) == 1
-    assert sync_engine.num_running == 0 and sync_engine.num_waiting == 0
+        assert sum(o.finished for o in outputs) == 1 and outputs[-1].stats.generation_tokens == len(expected)
+    assert_idle(core)
 
 
-def test_seeded_request_is_the_same_alone_and_in_a_batch(sync_engine):
+def test_seeded_request_is_the_same_alone_and_in_a_batch(core):
     rng = random.Random(1)
     prompt = [rng.randrange(50257) for _ in range(20)]
-    params = SamplingParams(max_tokens=40, temperature=0.9, top_p=0.9, top_k=50, seed=1234, ignore_eos=True)
-
-    async def alone(engine):
-        return (await collect(engine, "seeded", prompt, params))[0]
-
-    async def crowded(engine):
-        others = [collect(engine, f"o{i}", [rng.randrange(50257) for _ in range(rng.randint(1, 100))],
-                          SamplingParams(max_tokens=rng.randint(1, 50), temperature=1.0), delay=0.01 * i)
-                  for i in range(16)]
-        results = await asyncio.gather(collect(engine, "seeded", prompt, params, delay=0.03), *others)
-        return results[0][0]
-
-    first = run(sync_engine, alone)
-    assert len(first) == 40
-    assert run(sync_engine, crowded) == first
+    params = SamplingParams(max_tokens=40, temperature=0.9, top_p=0.9, top_k=50, seed=1234, ignore_eos=True,
+                            repetition_penalty=1.2, min_p=0.01)
+    first = tokens_of(drive(core, {0: [request("seeded", prompt, params)]})["seeded"])
+    others = [request(f"o{i}", [rng.randrange(50257) for _ in range(rng.randint(1, 100))],
+                      SamplingParams(max_tokens=rng.randint(1, 50), temperature=1.0, top_k=rng.choice([0, 5]),
+                                     presence_penalty=rng.choice([0.0, 0.5])))
+              for i in range(16)]
+    crowded = drive(core, {0: others[:8], 2: [request("seeded", prompt, params)], 3: others[8:]})
+    assert len(first) == 40 and tokens_of(crowded["seeded"]) == first
     # a different seed gives a different continuation (so the seed is really used)
-    other = SamplingParams(**{**params.__dict__, "seed": 99})
-    assert run(sync_engine, lambda e: collect(e, "s2", prompt, other))[0] != first
+    reseeded = msgspec.structs.replace(params, seed=99)
+    assert tokens_of(drive(core, {0: [request("s2", prompt, reseeded)]})["s2"]) != first
 
 
-def test_aborting_half_frees_their_slots_and_the_rest_finish(sync_engine):
-    async def scenario(engine):
-        streams = [engine.add_request(f"a{i}", [i + 1] * 10, SamplingParams(max_tokens=60, temperature=0.0,
-                                                                           ignore_eos=True)) for i in range(16)]
-        seen = {s.request_id: [] for s in streams}
-
-        async def drain(stream):
-            async for out in stream:
-                seen[stream.request_id].append(out)
-
-        tasks = [asyncio.create_task(drain(s)) for s in streams]
-        while sync_engine.num_running < 8 or not all(seen[s.request_id] for s in streams[:8]):
-            await asyncio.sleep(0.005)
-        for stream in streams[::2]:
-            engine.abort(stream.request_id)
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
-        return streams, seen
-
-    streams, seen = run(sync_engine, scenario)
-    for i, stream in enumerate(streams):
-        outs = seen[stream.request_id]
+def test_aborting_half_frees_their_slots_and_the_rest_finish(core):
+    params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+    reqs = [request(f"a{i}", [i + 1] * 10, params) for i in range(16)]
+    results = drive(core, {0: reqs}, aborts={5: [r.request_id for r in reqs[::2]]})
+    for i, req in enumerate(reqs):
+        outs = results[req.request_id]
         assert [o.finished for o in outs].count(True) == 1 and outs[-1].finished  # answered exactly once
         if i % 2:
-            assert outs[-1].finish_reason is FinishReason.LENGTH
-            assert sum(len(o.token_ids) for o in outs) == 60
+            assert outs[-1].finish_reason is FinishReason.LENGTH and len(tokens_of(outs)) == 60
         else:
-            assert outs[-1].finish_reason is FinishReason.ABORT
-    assert sync_engine.num_running == 0 and sync_engine.num_waiting == 0
-    assert sorted(sync_engine.scheduler._free_slots) == list(range(8))
+            assert outs[-1].finish_reason is FinishReason.ABORT and outs[-1].stats.finish_reason == "abort"
+    assert_idle(core)
 
 
-def test_refusals_happen_at_submission(sync_engine):
-    async def scenario(engine):
-        with pytest.raises(InvalidRequestError, match="512"):
-            engine.add_request("long", [1] * 500, SamplingParams(max_tokens=13))
-        with pytest.raises(InvalidRequestError):
-            engine.add_request("empty", [], SamplingParams())
-        with pytest.raises(InvalidRequestError):
-            engine.add_request("oov", [50257], SamplingParams())
-        # fill the queue: at most 8 run (slots), 64 wait, the next is refused
-        params = SamplingParams(max_tokens=50, ignore_eos=True, temperature=0.0)
-        streams = []
-        with pytest.raises(QueueFullError):
-            for i in range(200):
-                streams.append(engine.add_request(f"q{i}", [1, 2, 3], params))
-        assert 64 <= len(streams) <= 64 + 8
-        for s in streams:
-            s.close()
-        return True
-
-    assert run(sync_engine, scenario)
+def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(core):
+    core.fault = Fault(failing_steps=1)
+    try:
+        doomed = drive(core, {0: [request("doomed", [5, 6, 7], SamplingParams(max_tokens=5, temperature=0.0))]})
+    finally:
+        core.fault = None
+    fine = drive(core, {0: [request("fine", [5, 6, 7], SamplingParams(max_tokens=5, temperature=0.0))]})
+    last = doomed["doomed"][-1]
+    assert last.finish_reason is FinishReason.ERROR and "injected" in last.error and tokens_of(doomed["doomed"]) == []
+    assert fine["fine"][-1].finish_reason is FinishReason.LENGTH and len(tokens_of(fine["fine"])) == 5
+    assert_idle(core)
 
 
-def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(sync_engine, monkeypatch):
-    real_execute = sync_engine.runner.execute
-    calls = {"n": 0}
-
-    def flaky(batch):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("injected")
-        return real_execute(batch)
-
-    monkeypatch.setattr(sync_engine.runner, "execute", flaky)
-
-    async def scenario(engine):
-        first = await collect(engine, "doomed", [5, 6, 7], SamplingParams(max_tokens=5, temperature=0.0))
-        second = await collect(engine, "fine", [5, 6, 7], SamplingParams(max_tokens=5, temperature=0.0))
-        return first, second
-
-    (t1, o1), (t2, o2) = run(sync_engine, scenario)
-    assert o1[-1].finish_reason is FinishReason.ERROR and "injected" in o1[-1].error and t1 == []
-    assert o2[-1].finish_reason is FinishReason.LENGTH and len(t2) == 5
-
-
-def test_prompt_scores_from_a_later_token_equal_the_tail_of_full_scores(sync_engine):
+def test_prompt_scores_from_a_later_token_equal_the_tail_of_full_scores(core):
     prompt = list(range(100, 300))  # 200 tokens: several prefill chunks at a budget of 64
-
-    async def scenario(engine):
-        full = SamplingParams(max_tokens=0, prompt_logprobs=2, prompt_stats=True)
-        tail = SamplingParams(max_tokens=0, prompt_logprobs=2, prompt_stats=True, prompt_logprobs_from=150)
-        a = (await collect(engine, "full", prompt, full))[1][-1].prompt_scores
-        b = (await collect(engine, "tail", prompt, tail))[1][-1].prompt_scores
-        return a, b
-
-    full, tail = run(sync_engine, scenario)
-    assert len(full.token_logprobs) == 199 and len(tail.token_logprobs) == 50
-    assert tail.token_logprobs == pytest.approx(full.token_logprobs[149:], abs=1e-5)
-    assert tail.ranks == full.ranks[149:] and [t for t, _ in tail.top[0]] == [t for t, _ in full.top[149]]
-    assert tail.entropy == pytest.approx(full.entropy[149:], abs=1e-5)
-    with pytest.raises(InvalidRequestError):
-        sync_engine.validate(prompt, SamplingParams(max_tokens=0, prompt_logprobs=0, prompt_logprobs_from=200))
+    full = SamplingParams(max_tokens=0, prompt_logprobs=2, prompt_stats=True)
+    tail = SamplingParams(max_tokens=0, prompt_logprobs=2, prompt_stats=True, prompt_logprobs_from=150)
+    a = drive(core, {0: [request("full", prompt, full)]})["full"][-1].prompt_scores
+    b = drive(core, {0: [request("tail", prompt, tail)]})["tail"][-1].prompt_scores
+    assert len(a.token_logprobs) == 199 and len(b.token_logprobs) == 50
+    assert b.token_logprobs == pytest.approx(a.token_logprobs[149:], abs=1e-5)
+    assert b.ranks == a.ranks[149:] and [t for t, _ in b.top[0]] == [t for t, _ in a.top[149]]
+    assert b.entropy == pytest.approx(a.entropy[149:], abs=1e-5)
 
 
-def test_an_abort_during_a_step_is_answered_once_and_frees_the_slot(sync_engine, monkeypatch):
-    import threading
-
-    real_execute = sync_engine.runner.execute
-    live = {}
-
-    def execute_with_an_abort_in_the_middle(batch):
-        results = real_execute(batch)
-        if any(seq.request_id == "victim" for seq in batch.decodes) and "aborted" not in live:
-            done = threading.Event()  # the client's abort lands while this step is still running
-
-            def abort():
-                live["engine"].abort("victim")
-                live["aborted"] = True
-                done.set()
-
-            live["loop"].call_soon_threadsafe(abort)
-            assert done.wait(10)
-        return results
-
-    monkeypatch.setattr(sync_engine.runner, "execute", execute_with_an_abort_in_the_middle)
-
-    async def scenario(engine):
-        live.update(engine=engine, loop=asyncio.get_running_loop())
-        params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
-        return await asyncio.gather(collect(engine, "victim", [7, 8, 9], params),
-                                    collect(engine, "bystander", [7, 8, 9], params))
-
-    (victim_tokens, victim), (tokens, bystander) = run(sync_engine, scenario)
-    assert [o.finish_reason for o in victim if o.finished] == [FinishReason.ABORT]  # once, and last
-    assert victim[-1].finish_reason is FinishReason.ABORT and len(victim_tokens) < 30
-    assert len(tokens) == 30 and bystander[-1].finish_reason is FinishReason.LENGTH
-    assert sync_engine.num_running == 0 and sorted(sync_engine.scheduler._free_slots) == list(range(8))
+def test_stop_token_ids_min_tokens_and_logprobs(core, hf_model):
+    prompt = [464, 3290, 318]
+    greedy = hf_greedy(hf_model, prompt, 12)
+    stop_at = greedy[5]
+    params = SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[stop_at], logprobs=3, ignore_eos=True)
+    outs = drive(core, {0: [request("s", prompt, params)]})["s"]
+    got = tokens_of(outs)
+    assert got == greedy[: greedy.index(stop_at) + 1] and outs[-1].finish_reason is FinishReason.STOP
+    assert all(len(o.logprobs) == 1 and o.logprobs[0].rank == 1 and len(o.logprobs[0].top) == 3 for o in outs)
+    held = SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[greedy[0]], min_tokens=3, ignore_eos=True)
+    assert greedy[0] not in tokens_of(drive(core, {0: [request("h", prompt, held)]})["h"])[:3]
 
 
 def test_a_checkpoint_with_a_padded_vocabulary_never_emits_unknown_tokens(tmp_path):
@@ -238,14 +161,10 @@ def test_a_checkpoint_with_a_padded_vocabulary_never_emits_unknown_tokens(tmp_pa
     model.save_pretrained(tmp_path)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(PACKAGED_TOKENIZER / name, tmp_path / name)
-    engine, tokenizer, _ = build_engine(Settings(model=str(tmp_path), max_batch_size=2, max_num_batched_tokens=64))
-    assert engine.vocab_size == tokenizer.vocab_size == 50257
-    with pytest.raises(InvalidRequestError):
-        engine.validate([50300], SamplingParams())
-    engine.add_request("r", [1, 2, 3], SamplingParams(max_tokens=20, temperature=0.0, logprobs=5, ignore_eos=True))
-    outputs = []
-    while engine.has_unfinished():
-        outputs += engine.step()
-    tokens = [t for o in outputs for t in o.token_ids]
+    core, info = build_core(Settings(model=str(tmp_path), max_batch_size=2, max_num_batched_tokens=64))
+    assert info.vocab_size == 50257 and info.max_model_len == TINY["n_positions"]
+    params = SamplingParams(max_tokens=20, temperature=0.0, logprobs=5, ignore_eos=True)
+    outputs = drive(core, {0: [request("r", [1, 2, 3], params)]})["r"]
+    tokens = tokens_of(outputs)
     assert len(tokens) == 20 and max(tokens) < 50257
     assert all(t < 50257 for o in outputs for lp in o.logprobs for t, _ in lp.top)

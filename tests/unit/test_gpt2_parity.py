@@ -3,10 +3,10 @@ scattered cache slots, and decodes and a prefill chunk sharing one forward pass.
 
 import torch
 
+from app.engine.runner import ModelRunner
 from app.engine.scheduler import SchedulerOutput
 from app.engine.sequence import SamplingParams, Sequence
 from app.model.loader import load_model
-from app.model.runner import ModelRunner
 
 TOL = 1e-4
 
@@ -26,7 +26,11 @@ def step_logits(runner: ModelRunner, decodes: list[Sequence], prefills: list[tup
         ids += seq.prompt_token_ids[start : start + n] if seq.in_prefill else [seq.last_token_id]
         positions += range(start, start + n)
         slots += [seq.slot] * n
-    plan = runner._plan(SchedulerOutput(decodes=decodes, prefills=prefills))
+    for seq in decodes:
+        runner.next_pos[seq.slot] = seq.num_computed
+    batch = SchedulerOutput(decodes=decodes, prefills=prefills)
+    runner._decode = None  # these decodes are new to it
+    plan = runner._plan(batch, runner._decode_layout(batch))
     with torch.inference_mode():
         logits = runner.model.logits(runner.model(torch.tensor(ids), torch.tensor(positions), torch.tensor(slots),
                                                   plan, runner.cache))

@@ -5,14 +5,18 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.api.context import RequestContextMiddleware
 from app.api.deps import AppState
 from app.api.errors import APIError, install_error_handlers
+from app.api.observability import install_metrics
+from app.api.record import RecordDep
 from app.config import Settings
+from app.engine.memory import device_memory_readers
 from app.engine.stats import RequestStats, StepStats
 from app.logs import JSONFormatter, TextFormatter
 from app.metrics import (
@@ -22,8 +26,6 @@ from app.metrics import (
     REJECTION_REASONS,
     STEP_BUCKETS,
     Metrics,
-    device_memory_readers,
-    install_metrics,
     rejection_reason,
 )
 
@@ -84,8 +86,8 @@ def test_step_stats_become_phase_batch_and_inter_token_series():
 def test_a_broken_step_never_raises_into_the_engine(caplog):
     metrics = Metrics(process_collectors=False)
     with caplog.at_level(logging.ERROR, logger="app.metrics"):
-        metrics.on_step(StepStats("warp-speed", 0.1, 1, 0, 1))  # an unknown phase
-        metrics.on_step(StepStats("warp-speed", 0.1, 1, 0, 1))
+        metrics.on_step(StepStats("decode", "fast", 1, 0, 1))  # a duration that is not a number
+        metrics.on_step(SimpleNamespace())  # not even StepStats
         metrics.on_request(SimpleNamespace())  # not even RequestStats
     assert len(caplog.records) == 1, "logged once, not once per step"
 
@@ -104,11 +106,10 @@ def test_request_stats_are_per_sequence():
 
 def test_token_counters_follow_the_usage_of_successful_responses():
     metrics = Metrics(process_collectors=False)
-    metrics.observe_http("/v1/completions", 200, 0.5, {"prompt_tokens": 4, "completion_tokens": 9}, False)
-    metrics.observe_http("/v1/score", 200, 0.1, {"prompt_tokens": 6, "completion_tokens": 0, "scored_tokens": 5},
-                         False)
-    metrics.observe_http("/v1/completions", 400, 0.1, {"prompt_tokens": 100, "error_code": "invalid_value"}, False)
-    metrics.observe_http("/v1/completions", 200, 3.0, {"prompt_tokens": 50}, True)  # the client went away
+    metrics.observe_http("/v1/completions", 200, 0.5, prompt_tokens=4, completion_tokens=9)
+    metrics.observe_http("/v1/score", 200, 0.1, prompt_tokens=6, completion_tokens=0, scored_tokens=5)
+    metrics.observe_http("/v1/completions", 400, 0.1, error_code="invalid_value", prompt_tokens=100)
+    metrics.observe_http("/v1/completions", 200, 3.0, aborted=True, prompt_tokens=50)  # the client went away
     assert value(metrics, "gpt2_prompt_tokens_total") == 10
     assert value(metrics, "gpt2_generation_tokens_total") == 9
     assert value(metrics, "gpt2_scored_tokens_total") == 5
@@ -138,7 +139,7 @@ def test_token_counters_follow_the_usage_of_successful_responses():
 def test_rejection_reasons(status, code, reason):
     assert rejection_reason(status, code) == reason
     metrics = Metrics(process_collectors=False)
-    metrics.observe_http("/v1/completions", status, 0.01, {"error_code": code}, False)
+    metrics.observe_http("/v1/completions", status, 0.01, error_code=code)
     rejected = {r: value(metrics, "gpt2_requests_rejected_total", reason=r) for r in REJECTION_REASONS}
     assert rejected == {r: float(r == reason) for r in REJECTION_REASONS}
 
@@ -148,32 +149,34 @@ def test_device_memory_on_cpu_is_the_process_and_the_machine():
     assert 10 * 2**20 < used() < total()
 
 
-class FakeEngine:
-    def __init__(self):
-        self.step_listeners, self.request_listeners = [], []
-        self.num_running, self.num_waiting = 3, 2
-        self.scheduler = SimpleNamespace(kv_cache_usage=0.75)
-
-
-def fake_service() -> SimpleNamespace:
-    info = SimpleNamespace(name="gpt2", device="cpu", dtype="float32", load_format="dummy")
-    return SimpleNamespace(info=info, engine=SimpleNamespace(engine=FakeEngine()))
+def fake_engine() -> tuple[SimpleNamespace, SimpleNamespace]:
+    info = SimpleNamespace(name="gpt2", device="cpu", dtype="float32", load_format="dummy", memory_total=8e9,
+                           memory_used=5e8, pid=1)
+    return SimpleNamespace(step_listeners=[], request_listeners=[], death_listeners=[]), info
 
 
 @pytest.mark.parametrize("record", [True, False])
 def test_bind_sets_model_info_gauges_and_listeners(record):
-    metrics, service = Metrics(process_collectors=False), fake_service()
-    metrics.bind(service, record_engine_stats=record)
-    engine = service.engine.engine
+    metrics, (engine, info) = Metrics(process_collectors=False), fake_engine()
+    metrics.bind(engine, info, record_engine_stats=record)
     assert (engine.step_listeners, engine.request_listeners) == (([metrics.on_step], [metrics.on_request])
-                                                                 if record else ([], []))
+                                                                 if record else ([metrics.on_state], []))
     assert value(metrics, "gpt2_model_info", model="gpt2", device="cpu", dtype="float32", load_format="dummy") == 1
+    assert value(metrics, "gpt2_engine_up") == 1 and value(metrics, "gpt2_device_memory_total_bytes") == 8e9
+    engine.step_listeners[0](StepStats("decode", 0.01, 3, 0, 3, [], num_running=3, num_waiting=2,
+                                       kv_cache_usage=0.75, memory_used=1e9))
     assert value(metrics, "gpt2_requests_running") == 3
     assert value(metrics, "gpt2_requests_waiting") == 2
     assert value(metrics, "gpt2_kv_cache_usage_ratio") == 0.75
-    engine.num_running = 0  # read at scrape time
-    assert value(metrics, "gpt2_requests_running") == 0
-    assert value(metrics, "gpt2_device_memory_used_bytes") > 0
+    assert value(metrics, "gpt2_device_memory_used_bytes") == 1e9
+    assert value(metrics, "gpt2_batch_size_count") == (1 if record else 0)
+    engine.step_listeners[0](StepStats("idle", 0.0, 0, 0, 0))  # the engine emptied without a step
+    assert value(metrics, "gpt2_requests_running") == 0 and value(metrics, "gpt2_batch_size_count") == (
+        1 if record else 0)
+    assert value(metrics, "process_cpu_seconds_total") == 0  # the API process's collectors are off here
+    assert value(metrics, "gpt2_engine_process_cpu_seconds_total") > 0  # pid 1: read from /proc
+    engine.death_listeners[0]("it died")
+    assert value(metrics, "gpt2_engine_up") == 0
 
 
 # --- the middleware and the request log, on a small app without a model ----------------------
@@ -184,24 +187,23 @@ def small_app(**settings) -> FastAPI:
     install_error_handlers(app)
 
     @app.post("/v1/completions")
-    async def complete(request: Request):
-        request.state.request_id = "req-1"
-        request.state.prompt_tokens = 3
-        request.state.prompt_text = "Hello there"
-        request.state.engine_stats = [RequestStats("a", 3, 4, 0.002, 0.05, 0.3, "length", 0),
-                                      RequestStats("b", 3, 2, 0.004, 0.04, 0.2, "stop", 0)]
-        request.state.completion_tokens = 6
-        request.state.finish_reasons = ["length", "stop"]
+    async def complete(record: RecordDep):
+        record.prompt_tokens = 3
+        record.prompt = "Hello there"
+        record.engine_stats = [RequestStats("a", 3, 4, 0.002, 0.05, 0.3, "length", 0),
+                               RequestStats("b", 3, 2, 0.004, 0.04, 0.2, "stop", 0)]
+        record.completion_tokens = 6
+        record.finish_reasons = ["length", "stop"]
         return {"ok": True}
 
     @app.post("/stream")
-    async def stream(request: Request):
+    async def stream(record: RecordDep):
         async def chunks():
             for i in range(3):
                 yield f"data: {i}\n\n"
-            request.state.completion_tokens = 3
+            record.completion_tokens = 3
 
-        request.state.prompt_tokens = 2
+        record.prompt_tokens = 2
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
     @app.post("/refuse")
@@ -212,6 +214,7 @@ def small_app(**settings) -> FastAPI:
     async def boom():
         raise RuntimeError("a bug")
 
+    app.add_middleware(RequestContextMiddleware, state=app.state.gpt2)
     install_metrics(app)
     return app
 
@@ -250,7 +253,7 @@ def test_middleware_counts_statuses_streams_and_unknown_paths(caplog):
 
 def test_the_request_log_line_has_the_request_and_no_prompt_by_default(caplog):
     with TestClient(small_app()) as client, caplog.at_level(logging.INFO, "app.access"):
-        client.post("/v1/completions")
+        client.post("/v1/completions", headers={"X-Request-ID": "req-1"})
     (record,) = access_records(caplog)
     fields = record.fields
     assert fields["request_id"] == "req-1"
@@ -295,8 +298,8 @@ def test_a_broken_log_line_never_fails_the_request(caplog):
     app = small_app()
 
     @app.get("/odd")
-    async def odd(request: Request):
-        request.state.engine_stats = [object()]  # not RequestStats: building the log line fails
+    async def odd(record: RecordDep):
+        record.engine_stats = [object()]  # not RequestStats: building the log line fails
         return {"ok": True}
 
     with TestClient(app) as client, caplog.at_level(logging.INFO, "app.access"):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.engine.scheduler import QueueFullError, Scheduler
+from app.engine.scheduler import Scheduler
 from app.engine.sequence import FinishReason, SamplingParams, Sequence, Status
 
 
@@ -11,7 +11,8 @@ def seq(name: str, prompt_len: int, max_tokens: int = 4) -> Sequence:
 
 
 def run_step(scheduler: Scheduler) -> list[tuple[str, int]]:
-    """Schedule, then pretend the model ran: advance prefill, append one token to finished prompts."""
+    """Schedule, then pretend the model ran (as EngineCore does): advance prefill, append one token
+    to finished prompts, which then decode."""
     out = scheduler.schedule()
     for s in out.decodes:
         s.num_computed += 1
@@ -20,21 +21,22 @@ def run_step(scheduler: Scheduler) -> list[tuple[str, int]]:
         s.num_computed += n
         if not s.in_prefill:
             s.output_token_ids.append(0)
+            scheduler.start_decoding(s)
     return [(s.request_id, 1) for s in out.decodes] + [(s.request_id, n) for s, n in out.prefills]
 
 
 def test_admission_is_first_come_first_served_within_slots():
-    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=100, max_queue=10)
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=100)
     for name in "abc":
         sched.add(seq(name, 5))
     assert run_step(sched) == [("a", 5), ("b", 5)]  # c waits: two slots
     assert [s.request_id for s in sched.waiting] == ["c"]
-    assert {s.slot for s in sched.running} == {0, 1}
+    assert {s.slot for s in sched.decoding} == {0, 1} and sched.num_running == 2
     assert run_step(sched) == [("a", 1), ("b", 1)]
 
 
 def test_token_budget_chunks_long_prompts_and_decodes_come_first():
-    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=8, max_queue=10)
+    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=8)
     sched.add(seq("short", 3))
     assert run_step(sched) == [("short", 3)]
     sched.add(seq("long", 20))
@@ -46,7 +48,7 @@ def test_token_budget_chunks_long_prompts_and_decodes_come_first():
 
 
 def test_partial_prefills_keep_priority_over_newcomers():
-    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=10, max_queue=10)
+    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=10)
     sched.add(seq("first", 15))
     sched.add(seq("second", 4))
     assert run_step(sched) == [("first", 10)]
@@ -54,12 +56,12 @@ def test_partial_prefills_keep_priority_over_newcomers():
 
 
 def test_finish_and_abort_free_slots_for_waiting_sequences():
-    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_queue=10)
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16)
     a, b = seq("a", 2), seq("b", 2)
     sched.add(a)
     sched.add(b)
     run_step(sched)
-    assert a.status is Status.RUNNING and b.status is Status.WAITING
+    assert a.status is Status.DECODE and b.status is Status.WAITING
     sched.finish(sched.find("a"), FinishReason.ABORT)
     assert a.status is Status.FINISHED and a.finish_reason is FinishReason.ABORT
     assert run_step(sched) == [("b", 2)] and b.slot == 0
@@ -69,25 +71,38 @@ def test_finish_and_abort_free_slots_for_waiting_sequences():
 
 
 def test_aborting_a_waiting_sequence_removes_it_from_the_queue():
-    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_queue=10)
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16)
     sched.add(seq("a", 2))
     sched.add(seq("b", 2))
     sched.finish(sched.find("b"), FinishReason.ABORT)
     assert [s.request_id for s in sched.waiting] == ["a"] and sched.find("b") is None
 
 
-def test_queue_full_refuses_at_once():
-    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_queue=2)
+def test_a_duplicate_request_id_is_refused():
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16)
     sched.add(seq("a", 1))
-    sched.add(seq("b", 1))
-    with pytest.raises(QueueFullError):
-        sched.add(seq("c", 1))
-    run_step(sched)  # a is admitted, so there is room again
-    sched.add(seq("c", 1))
+    with pytest.raises(ValueError, match="already"):
+        sched.add(seq("a", 1))
+
+
+def test_the_decode_list_and_its_version_change_only_when_sequences_join_or_leave():
+    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=30)
+    for name in "ab":
+        sched.add(seq(name, 2))
+    run_step(sched)
+    first = sched.schedule()
+    assert [s.request_id for s in first.decodes] == ["a", "b"]
+    run_step(sched)
+    again = sched.schedule()
+    assert again.decode_version == first.decode_version and again.decodes is first.decodes
+    sched.finish(sched.find("a"), FinishReason.STOP)
+    after = sched.schedule()
+    assert after.decode_version != first.decode_version and [s.request_id for s in after.decodes] == ["b"]
+    assert [s.request_id for s in first.decodes] == ["a", "b"]  # a list handed out never changes under its reader
 
 
 def test_lowest_free_slot_is_reused_first():
-    sched = Scheduler(max_batch_size=3, max_num_batched_tokens=30, max_queue=10)
+    sched = Scheduler(max_batch_size=3, max_num_batched_tokens=30)
     seqs = [seq(n, 2) for n in "abc"]
     for s in seqs:
         sched.add(s)
@@ -101,12 +116,10 @@ def test_lowest_free_slot_is_reused_first():
 
 
 def test_phase_labels():
-    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=16, max_queue=10)
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=16)
     sched.add(seq("a", 2))
     assert sched.schedule().phase == "prefill"
-    a = sched.find("a")
-    a.num_computed = 2
-    a.output_token_ids.append(0)
+    run_step(sched)
     assert sched.schedule().phase == "decode"
     sched.add(seq("b", 2))
     assert sched.schedule().phase == "mixed"
@@ -114,4 +127,4 @@ def test_phase_labels():
 
 def test_budget_smaller_than_batch_is_refused():
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
-        Scheduler(max_batch_size=8, max_num_batched_tokens=4, max_queue=1)
+        Scheduler(max_batch_size=8, max_num_batched_tokens=4)

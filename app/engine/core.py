@@ -1,0 +1,252 @@
+"""The engine core: requests in, one step at a time, outputs out. It runs in its own process,
+on one thread, behind a ZeroMQ socket (`CoreServer`); the API processes reach it through
+`EngineClient` (client.py), the only door.
+
+    step() = schedule -> execute -> update
+"""
+
+import logging
+import os
+import time
+
+import numpy as np
+import zmq
+
+from app.engine.memory import device_memory_readers
+from app.engine.protocol import (
+    AbortRequests,
+    AddRequests,
+    EngineOutputs,
+    EngineRequest,
+    Fault,
+    Hello,
+    core_decoder,
+    encoder,
+)
+from app.engine.runner import ModelRunner, StepResult
+from app.engine.scheduler import Scheduler, SchedulerOutput
+from app.engine.sequence import FinishReason, PromptScores, RequestOutput, Sequence
+from app.engine.stats import RequestStats, StepStats
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 1.0  # seconds: a client with work in the engine hears from it at least this often
+IDLE_POLL_MS = 1000  # an idle engine wakes up this often to check that its parent is alive
+
+
+class EngineCore:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, max_model_len: int, eos_token_id: int | None,
+                 seed: int = 0):
+        self.runner = runner
+        self.scheduler = scheduler
+        self.max_model_len = max_model_len
+        self.eos_token_id = eos_token_id
+        self.fault: Fault | None = None  # tests and chaos drills only
+        self._seeds = np.random.default_rng(seed)  # streams of requests that bring no seed
+
+    # --- requests ----------------------------------------------------------------------------
+    def add(self, request: EngineRequest) -> None:
+        """Queue a sequence. Requests come validated by the client (validation.py)."""
+        params = request.params
+        seed = params.seed if params.seed is not None else int(self._seeds.integers(2**63))
+        self.scheduler.add(Sequence(request.request_id, request.prompt_token_ids, params, seed, request.arrival_time))
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now; its slot is free for the next step. Returns its last output, or
+        None if it had finished already."""
+        seq = self.scheduler.find(request_id)
+        if seq is None:
+            return None
+        self._finish(seq, FinishReason.ABORT, time.monotonic())
+        return RequestOutput(request_id, finish_reason=FinishReason.ABORT, num_output_tokens=len(seq.output_token_ids),
+                             stats=seq.stats)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # --- the step ----------------------------------------------------------------------------
+    def step(self) -> tuple[list[RequestOutput], StepStats | None]:
+        """Run one iteration; returns what it produced (at most one output per sequence) and its stats."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return [], None
+        start = time.monotonic()
+        for seq, _ in batch.prefills:
+            seq.scheduled_time = seq.scheduled_time or start
+        try:
+            if self.fault is not None:
+                self.fault.strike()
+            result = self.runner.execute(batch)
+        except Exception as exc:  # one bad step fails its own sequences, not the engine
+            log.exception("engine step failed; failing its %d sequences", len(batch.decodes) + len(batch.prefills))
+            return self._fail(batch, exc), self.stats(batch, start)
+        outputs, latencies = self._update(batch, result)
+        return outputs, self.stats(batch, start, latencies)
+
+    def _update(self, batch: SchedulerOutput, result: StepResult) -> tuple[list[RequestOutput], list[float]]:
+        now = time.monotonic()
+        tokens, logprobs = result.tokens, result.logprobs
+        outputs, latencies = [], []
+        for i, seq in enumerate(batch.decodes):
+            token = tokens[i]
+            seq.num_computed += 1
+            latencies.append(now - seq.last_token_time)
+            seq.last_token_time = now
+            seq.output_token_ids.append(token)
+            self._check_stop(seq, token, now)
+            outputs.append(RequestOutput(seq.request_id, [token], [logprobs[i]] if logprobs and logprobs[i] else [],
+                                         None, seq.finish_reason, None, len(seq.output_token_ids), seq.stats))
+        row = len(batch.decodes)
+        for i, (seq, n) in enumerate(batch.prefills):
+            seq.num_computed += n
+            scores = result.prompt_scores.get(i)
+            if scores is not None:
+                if seq.prompt_scores is None:
+                    seq.prompt_scores = scores
+                else:
+                    seq.prompt_scores.extend(scores)
+            if seq.in_prefill:
+                continue
+            if seq.prompt_scores is None and seq.params.prompt_logprobs is not None:
+                seq.prompt_scores = PromptScores()  # a one-token prompt has nothing to score
+            if not seq.params.max_tokens:  # a prompt-only request: scored, nothing to generate
+                self._finish(seq, FinishReason.LENGTH, now)
+                outputs.append(RequestOutput(seq.request_id, prompt_scores=seq.prompt_scores,
+                                             finish_reason=seq.finish_reason, stats=seq.stats))
+                continue
+            token, logprob = tokens[row], logprobs[row] if logprobs else None
+            row += 1
+            seq.first_token_time = seq.last_token_time = now
+            seq.output_token_ids.append(token)
+            self.scheduler.start_decoding(seq)
+            self._check_stop(seq, token, now)
+            outputs.append(RequestOutput(seq.request_id, [token], [logprob] if logprob else [], seq.prompt_scores,
+                                         seq.finish_reason, None, 1, seq.stats))
+        return outputs, latencies
+
+    def _check_stop(self, seq: Sequence, token_id: int, now: float) -> None:
+        p = seq.params
+        if (token_id == self.eos_token_id and not p.ignore_eos) or (p.stop_token_ids and token_id in p.stop_token_ids):
+            self._finish(seq, FinishReason.STOP, now)
+        elif len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            self._finish(seq, FinishReason.LENGTH, now)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, now: float) -> None:
+        self.scheduler.finish(seq, reason)
+        scored = len(seq.prompt_scores.token_logprobs) if seq.prompt_scores else 0
+        ttft = seq.first_token_time - seq.arrival_time if seq.first_token_time else None
+        seq.stats = RequestStats(seq.request_id, seq.num_prompt_tokens, len(seq.output_token_ids),
+                                 (seq.scheduled_time or now) - seq.arrival_time, ttft, now - seq.arrival_time,
+                                 reason.value, scored)
+
+    def _fail(self, batch: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+        outputs, now = [], time.monotonic()
+        for seq in [*batch.decodes, *(s for s, _ in batch.prefills)]:
+            if seq.finish_reason is None:
+                self._finish(seq, FinishReason.ERROR, now)
+                outputs.append(RequestOutput(seq.request_id, finish_reason=FinishReason.ERROR,
+                                             error=f"{type(exc).__name__}: {exc}",
+                                             num_output_tokens=len(seq.output_token_ids), stats=seq.stats))
+        return outputs
+
+    def stats(self, batch: SchedulerOutput | None = None, start: float = 0.0,
+              latencies: list[float] = ()) -> StepStats:
+        """The step's stats and the engine's state after it; without a batch, the state alone."""
+        s = self.scheduler
+        if batch is None:
+            return StepStats("idle", 0.0, 0, 0, 0, [], s.num_running, len(s.waiting), s.kv_cache_usage)
+        return StepStats(batch.phase, time.monotonic() - start, len(batch.decodes) + len(batch.prefills),
+                         batch.num_tokens - len(batch.decodes), len(batch.decodes), latencies, s.num_running,
+                         len(s.waiting), s.kv_cache_usage)
+
+
+class CoreServer:
+    """The engine process's main loop: take what the clients sent, step, send each client its
+    outputs. Clients are DEALER sockets; the ROUTER here knows each by its identity."""
+
+    def __init__(self, core: EngineCore, address: str, device: str, parent_pid: int):
+        self.core = core
+        self.parent_pid = parent_pid
+        self.socket = zmq.Context.instance().socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow client: it drains soon
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(address)
+        self.owners: dict[str, bytes] = {}  # request id -> the identity of the client that sent it
+        self.last_sent: dict[bytes, float] = {}  # client identity -> when it last heard from us
+        self.stats_client: bytes | None = None
+        self._encode = encoder().encode
+        self._decode = core_decoder().decode
+        self._read_memory = device_memory_readers(device)[0]
+        self._memory_read_at = 0.0
+        self._reported_busy = False  # the stats client last heard of running or waiting sequences
+
+    def run(self) -> None:
+        """Serve until the process that started this one is gone."""
+        checked = time.monotonic()
+        while True:
+            busy = self.core.has_unfinished()
+            self._receive(0 if busy else IDLE_POLL_MS)
+            if self.core.has_unfinished():
+                outputs, stats = self.core.step()
+                self._send(outputs, stats)
+            elif self._reported_busy:  # e.g. aborts emptied the engine: the gauges must say so
+                self._send([], self.core.stats())
+            if time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
+                if os.getppid() != self.parent_pid:
+                    log.warning("the server process is gone; the engine stops")
+                    return
+
+    def _receive(self, timeout_ms: int) -> None:
+        if not self.socket.poll(timeout_ms):
+            return
+        while True:
+            try:
+                identity, payload = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(identity, self._decode(payload))
+
+    def _handle(self, identity: bytes, message) -> None:
+        if isinstance(message, AddRequests):
+            for request in message.requests:
+                try:
+                    self.core.add(request)
+                except ValueError as exc:  # a duplicate id: clients make them unique, but never crash on one
+                    out = RequestOutput(request.request_id, finish_reason=FinishReason.ERROR, error=str(exc))
+                    self.socket.send_multipart([identity, self._encode(EngineOutputs([out]))])
+                    continue
+                self.owners[request.request_id] = identity
+        elif isinstance(message, AbortRequests):
+            outputs = [out for rid in message.request_ids if (out := self.core.abort(rid)) is not None]
+            if outputs:
+                self._send(outputs, None)
+        elif isinstance(message, Hello):
+            self.last_sent[identity] = time.monotonic()
+            if message.records_step_stats:
+                self.stats_client = identity
+        elif isinstance(message, Fault):
+            self.core.fault = message
+
+    def _send(self, outputs: list[RequestOutput], stats: StepStats | None) -> None:
+        by_client: dict[bytes, list[RequestOutput]] = {}
+        for out in outputs:
+            owner = self.owners[out.request_id] if out.finish_reason is None else self.owners.pop(out.request_id)
+            by_client.setdefault(owner, []).append(out)
+        now = time.monotonic()
+        if stats is not None and self.stats_client is not None:
+            if now - self._memory_read_at >= 1.0:
+                stats.memory_used, self._memory_read_at = self._read_memory(), now
+            by_client.setdefault(self.stats_client, [])
+            self._reported_busy = bool(stats.num_running or stats.num_waiting)
+        stale = [identity for identity, last in self.last_sent.items() if now - last >= HEARTBEAT_INTERVAL]
+        if stale:  # heartbeats: "still working on yours" to clients with work here
+            busy = set(self.owners.values())
+            for identity in stale:
+                if identity in busy:
+                    by_client.setdefault(identity, [])
+        for identity, outs in by_client.items():
+            message = EngineOutputs(outs, stats if identity == self.stats_client else None)
+            self.socket.send_multipart([identity, self._encode(message)], copy=False)
+            self.last_sent[identity] = now

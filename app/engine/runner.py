@@ -1,0 +1,192 @@
+"""Runs one scheduled step on the model: packs the batch, runs the forward, samples, scores.
+
+The batch persists between steps: each cache slot's next input token and position live in
+arrays, updated from the step's own results, and the decode rows' slots, attention layout and
+sampling plan are rebuilt only when the decoding sequences change (the scheduler's version). A
+steady decode step therefore gathers its inputs with a few array operations, whatever the batch
+size. Prefill chunks (a prompt's tokens) are packed from their sequences.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from app.engine.sampler import Sampler
+from app.engine.scheduler import SchedulerOutput
+from app.engine.sequence import PromptScores, SamplingParams, Sequence, TokenLogprob
+from app.model.gpt2 import GPT2, AttentionPlan, KVCache, Prefill
+from app.model.sampling import score_tokens
+
+# prompt positions scored per lm_head call: bounds the [rows, V] float32 logits held at once
+SCORE_ROWS = 256
+# rows per pass after the lm_head: a [32, V] float32 block (6.4 MB for GPT-2) stays in cache
+STATS_ROWS = 32
+
+
+@dataclass
+class StepResult:
+    """What one step computed: a token for each sampled sequence (the decodes, in order, then the
+    prefill chunks that finish their prompt and generate) and scores for prefill chunks."""
+
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob | None] | None = None  # aligned with tokens, when any row asked
+    prompt_scores: dict[int, PromptScores] = field(default_factory=dict)  # by prefill chunk index
+
+
+@dataclass
+class DecodeLayout:
+    """Where the decoding sequences sit: kept until they change (SchedulerOutput.decode_version)."""
+
+    version: int
+    slots: np.ndarray  # [B] cache slot of each decode row
+    slots_t: Tensor  # the same, on the device
+    slot_lo: int  # decode attention reads the slot range [slot_lo, slot_lo + R) in place
+    num_rows: int  # R
+    rows: np.ndarray  # [B] each decode's row within that range
+    rows_t: Tensor
+
+
+def samples(seq: Sequence, start: int, n: int) -> bool:
+    """Does a chunk of tokens [start, start + n) of this sequence end with a token to sample?"""
+    return start + n >= seq.num_prompt_tokens and seq.params.max_tokens > 0
+
+
+class ModelRunner:
+    """Owns the model, its KV cache (one slot per running sequence) and the sampler."""
+
+    def __init__(self, model: GPT2, num_slots: int, max_len: int, eos_token_id: int | None,
+                 vocab_size: int | None = None):
+        param = next(model.parameters())
+        self.model = model.eval()
+        self.device, self.dtype = param.device, param.dtype
+        self.cache = KVCache(model.config, num_slots, max_len, self.device, self.dtype)
+        # the tokens the tokenizer knows: a checkpoint may pad its embedding beyond them
+        self.vocab_size = min(vocab_size or model.config.vocab_size, model.config.vocab_size)
+        self.sampler = Sampler(num_slots, self.vocab_size, eos_token_id, self.device)
+        self.next_token = np.zeros(num_slots, np.int64)  # each slot's next input token (when decoding)
+        self.next_pos = np.zeros(num_slots, np.int64)  # ... and its position: the tokens cached so far
+        self._decode: DecodeLayout | None = None
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """[K, C] -> [K, vocab_size] float32 logits over the tokens the tokenizer knows."""
+        return self.model.logits(hidden)[:, : self.vocab_size]
+
+    @torch.inference_mode()
+    def execute(self, batch: SchedulerOutput) -> StepResult:
+        """Compute one step: one token for each decode, the next chunk of each prefill."""
+        layout = self._decode_layout(batch)
+        B = len(batch.decodes)
+        ids, positions, slots = [self.next_token[layout.slots]], [self.next_pos[layout.slots]], [layout.slots]
+        sampled_slots = [layout.slots]  # the slot of each row to sample, decodes first
+        sample_rows = list(range(B)) if batch.prefills else None  # None: every row, in order
+        spans: list[tuple[int, int, int, int]] = []  # (chunk index, packed row, count, first token) to score
+        row = B
+        for i, (seq, n) in enumerate(batch.prefills):
+            start = seq.num_computed
+            if start == 0:  # the sequence has just taken its slot
+                self.sampler.add(seq.slot, seq.params, seq.seed, seq.prompt_token_ids, seq.output_token_ids)
+            ids.append(np.asarray(seq.prompt_token_ids[start : start + n], np.int64))
+            positions.append(np.arange(start, start + n))
+            slots.append(np.full(n, seq.slot))
+            if samples(seq, start, n):
+                sample_rows.append(row + n - 1)
+                sampled_slots.append(np.array([seq.slot]))
+            if seq.params.prompt_logprobs is not None:
+                # position p predicts prompt token p + 1; no lm_head for tokens nobody asked about
+                first = max(start, seq.params.prompt_logprobs_from - 1)
+                count = min(start + n, seq.num_prompt_tokens - 1) - first
+                if count > 0:
+                    spans.append((i, row + first - start, count, first + 1))
+            self.next_pos[seq.slot] = start + n
+            row += n
+
+        logit_rows = None if sample_rows is None and not spans else [
+            *(sample_rows or range(B)), *(r for _, r, count, _ in spans for r in range(r, r + count))]
+        dev = self.device
+        hidden = self.model(torch.from_numpy(np.concatenate(ids)).to(dev),
+                            torch.from_numpy(np.concatenate(positions)).to(dev),
+                            torch.from_numpy(np.concatenate(slots)).to(dev), self._plan(batch, layout), self.cache,
+                            None if logit_rows is None else torch.tensor(logit_rows, dtype=torch.long, device=dev))
+        self.next_pos[layout.slots] += 1
+
+        result = StepResult()
+        num_sampled = B if sample_rows is None else len(sample_rows)
+        if num_sampled:
+            sampled = np.concatenate(sampled_slots)
+            tokens, result.logprobs = self.sampler.sample(self.logits(hidden[:num_sampled]), sampled)
+            self.next_token[sampled] = tokens
+            result.tokens = tokens.tolist()
+        offset = num_sampled
+        for i, _, count, first in spans:
+            seq = batch.prefills[i][0]
+            targets = seq.prompt_token_ids[first : first + count]
+            result.prompt_scores[i] = self._score(hidden[offset : offset + count], targets, seq.params)
+            offset += count
+        return result
+
+    def _decode_layout(self, batch: SchedulerOutput) -> DecodeLayout:
+        if self._decode is None or self._decode.version != batch.decode_version:
+            slots = np.fromiter((seq.slot for seq in batch.decodes), np.int64, len(batch.decodes))
+            lo, hi = (int(slots.min()), int(slots.max()) + 1) if len(slots) else (0, 0)
+            rows = slots - lo
+            self._decode = DecodeLayout(batch.decode_version, slots, torch.from_numpy(slots).to(self.device), lo,
+                                        hi - lo, rows, torch.from_numpy(rows).to(self.device))
+        return self._decode
+
+    def _plan(self, batch: SchedulerOutput, layout: DecodeLayout) -> AttentionPlan:
+        prefills, start = [], len(batch.decodes)
+        for seq, n in batch.prefills:
+            first = seq.num_computed  # query i sits at position first + i and sees keys 0..first + i
+            mask = None if first == 0 else torch.ones(n, first + n, dtype=torch.bool).tril(first).to(self.device)
+            prefills.append(Prefill(start, n, seq.slot, first, mask))
+            start += n
+        plan = AttentionPlan(num_decode=len(batch.decodes), prefills=tuple(prefills))
+        if batch.decodes:
+            # decodes read keys in place from the slot range they span (see attend_decodes); rows of
+            # the range without a decode look at position 0
+            last = np.zeros(layout.num_rows, np.int64)
+            last[layout.rows] = self.next_pos[layout.slots]
+            span = int(last.max()) + 1
+            allowed = torch.arange(span) <= torch.from_numpy(last).unsqueeze(1)  # [R, span]
+            plan.slot_lo = layout.slot_lo
+            plan.decode_rows = layout.rows_t
+            plan.decode_mask = allowed[:, None, None, :].to(self.device)
+        return plan
+
+    def _score(self, hidden: Tensor, targets: list[int], params: SamplingParams) -> PromptScores:
+        """Score `targets` given hidden states [n, C] of the positions before each.
+
+        The lm_head runs on SCORE_ROWS rows at a time; what follows it (log-softmax, ranks, top-k,
+        entropy) on STATS_ROWS-row slices, whose [rows, V] temporaries stay in cache (and, on a CPU,
+        under the allocator's mmap threshold, which otherwise costs fresh page faults per call)."""
+        k, stats = params.prompt_logprobs, params.prompt_stats
+        target_ids = torch.tensor(targets, device=self.device)
+        scores = PromptScores()
+        for s in range(0, len(targets), SCORE_ROWS):
+            logits = self.logits(hidden[s : s + SCORE_ROWS])  # [rows, V]
+            for u in range(0, logits.shape[0], STATS_ROWS):
+                logprobs = logits[u : u + STATS_ROWS].log_softmax(-1)  # [rows, V]
+                ts = score_tokens(logprobs, target_ids[s + u : s + u + STATS_ROWS], k)
+                scores.token_logprobs += ts.logprobs
+                scores.ranks += ts.ranks
+                scores.top += ts.top
+                if stats:
+                    p_log_p = logprobs.exp().mul_(logprobs)
+                    entropy = -p_log_p.sum(-1)
+                    second = p_log_p.mul_(logprobs).sum(-1)  # E[(log p)^2]
+                    scores.entropy += entropy.tolist()
+                    scores.logprob_variance += (second - entropy.square()).clamp(min=0).tolist()
+        return scores
+
+    def warm_up(self, num_tokens: int = 16) -> None:
+        """One prefill and one decode through slot 0, so first requests do not pay for lazy init."""
+        seq = Sequence("warm-up", [0] * num_tokens, SamplingParams(max_tokens=2, temperature=0.0, logprobs=1,
+                                                                  prompt_logprobs=1))
+        seq.slot = 0
+        self.execute(SchedulerOutput(prefills=[(seq, num_tokens)], decode_version=-1))
+        seq.num_computed = num_tokens
+        seq.output_token_ids.append(0)
+        self.execute(SchedulerOutput(decodes=[seq], decode_version=-2))
+        self._decode = None

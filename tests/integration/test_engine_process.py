@@ -1,0 +1,144 @@
+"""The engine core in its own process: supervised, and when it dies or hangs no client waits
+forever, the probes turn 503 and the server exits non-zero; several API processes share it."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from app.engine.protocol import Fault
+from tests.integration.conftest import free_port, spawn, start_server, wait_for, wait_ready
+
+
+def stream_events(url: str, body: dict, first: threading.Event, out: list) -> None:
+    """Read a stream's SSE events into `out`, setting `first` once one arrived."""
+    with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=60) as response:
+        out.append(response.status_code)
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                out.append(line[len("data: "):])
+                first.set()
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_a_dead_or_hung_engine_fails_every_request_in_flight_and_turns_the_probes_503(tiny_model_dir, how):
+    server = start_server(model=tiny_model_dir, step_timeout=1.0)
+    try:
+        engine, url = server.engine, server.url
+        engine.inject(Fault(step_delay=0.02))  # keep the requests in flight
+        long = {"prompt": "Go on", "max_tokens": 400, "ignore_eos": True}
+        first, events, answers = threading.Event(), [], []
+        streamer = threading.Thread(target=stream_events, args=(url, long, first, events))
+        waiter = threading.Thread(target=lambda: answers.append(httpx.post(f"{url}/v1/completions", json=long,
+                                                                           timeout=60)))
+        streamer.start()
+        waiter.start()
+        assert first.wait(30)
+        wait_for(lambda: engine.num_unfinished == 2)
+        fault = time.monotonic()
+        if how == "killed":
+            os.kill(engine.info.pid, signal.SIGKILL)
+        else:
+            engine.inject(Fault(hang=60))
+        wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 503, timeout=10)
+        to_503 = time.monotonic() - fault
+        streamer.join(30)
+        waiter.join(30)
+        assert not streamer.is_alive() and not waiter.is_alive(), "a client was left hanging"
+        # the stream had started (200): it ends with an error event naming the cause, and no [DONE]
+        error = json.loads(events[-1])["error"]
+        assert events[0] == 200 and error["code"] == "engine_dead" and "[DONE]" not in events
+        assert ("died" if how == "killed" else "stopped answering") in error["message"]
+        assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "engine_dead"
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["status"] == "engine dead" and health["reason"]
+        refused = httpx.post(f"{url}/v1/completions", json={"prompt": "x"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_dead"
+        assert "gpt2_engine_up 0.0" in httpx.get(f"{url}/metrics").text
+        assert engine.num_unfinished == 0
+        wait_for(lambda: not engine._process.process.is_alive())  # a hung engine is killed, not left behind
+        assert to_503 < (2.0 if how == "killed" else 1.0 + 2.0)  # at once / after GPT2_STEP_TIMEOUT
+    finally:
+        server.stop()
+
+
+def test_the_server_process_exits_non_zero_when_its_engine_dies(tiny_model_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn({"GPT2_MODEL": tiny_model_dir, "GPT2_PORT": str(port), "GPT2_LOG_FORMAT": "text"})
+    try:
+        wait_ready(url, proc)
+        os.kill(_engine_pid(proc.pid), signal.SIGKILL)
+        assert proc.wait(30) == 1
+        assert "the engine process died" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _engine_pid(server_pid: int) -> int:
+    """The engine: the child of the server process that multiprocessing spawned."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if ppid == server_pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                return int(entry)
+    raise AssertionError("no engine process")
+
+
+def test_two_api_processes_share_one_engine_and_drain_on_sigterm(tiny_model_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn({"GPT2_MODEL": tiny_model_dir, "GPT2_PORT": str(port), "GPT2_API_SERVERS": "2",
+                  "GPT2_LOG_FORMAT": "text"})
+    try:
+        wait_ready(url, proc)
+        results = []
+
+        def complete(i: int) -> None:
+            with httpx.Client(base_url=url, timeout=60) as client:  # a connection each: both processes serve
+                results.append(client.post("/v1/completions", json={"prompt": f"hello {i}", "max_tokens": 8,
+                                                                       "temperature": 0}))
+
+        threads = [threading.Thread(target=complete, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [r.status_code for r in results] == [200] * 24
+        assert {r.json()["usage"]["completion_tokens"] for r in results} == {8}
+        # the metrics of both API processes are summed, whichever one answers the scrape
+        text = httpx.get(f"{url}/metrics").text
+        line = next(ln for ln in text.splitlines() if ln.startswith('gpt2_requests_total{endpoint="/v1/completions"'
+                                                                     ',status="200"}'))
+        assert float(line.rsplit(" ", 1)[1]) == 24
+        assert "gpt2_engine_up 1.0" in text and "gpt2_time_to_first_token_seconds_count 24.0" in text
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
+        assert len(workers) >= 3  # the engine and two API processes (and multiprocessing's resource tracker)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert all(not os.path.exists(f"/proc/{pid}") or _parent(pid) != proc.pid for pid in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return -1
