@@ -7,7 +7,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const EDGES = [1, 2, 3, 6, 11, 21, 51, 101, 201, 501, 1001, 2001, 5001, 10001, Infinity];  // bin i: [EDGES[i], EDGES[i+1])
 const LABELS = ["1", "2", "3–5", "6–10", "11–20", "21–50", "51–100", "101–200", "201–500", "501–1k", "1k–2k",
   "2k–5k", "5k–10k", ">10k"];
-const WIDTH = 420, HEIGHT = 180, LEFT = 24, BOTTOM = 44, TOP = 14;
+const WIDTH = 420, HEIGHT = 190, LEFT = 8, BOTTOM = 58, TOP = 14;
 
 function element(name, attributes, text) {
   const node = document.createElementNS(SVG, name);
@@ -26,6 +26,7 @@ export function drawHistogram(svg, ranks) {
   const peak = Math.max(1, ...counts);
   const slot = (WIDTH - LEFT) / counts.length;
   const height = HEIGHT - BOTTOM - TOP;
+  svg.setAttribute("viewBox", `0 0 ${WIDTH} ${HEIGHT}`);
   svg.replaceChildren();
   svg.append(element("line", {x1: LEFT, x2: WIDTH, y1: HEIGHT - BOTTOM, y2: HEIGHT - BOTTOM, stroke: "#1a1a1a"}));
   const parts = [];
@@ -40,8 +41,8 @@ export function drawHistogram(svg, ranks) {
                                   y: HEIGHT - BOTTOM - bar, height: bar}));
     if (count) group.append(element("text", {x: x + slot / 2, y: HEIGHT - BOTTOM - bar - 3, "text-anchor": "middle"},
                                     String(count)));
-    const [lx, ly] = [x + slot / 2 + 3, HEIGHT - BOTTOM + 10];
-    group.append(element("text", {x: lx, y: ly, "text-anchor": "end", transform: `rotate(-45 ${lx} ${ly})`}, LABELS[i]));
+    const [lx, ly] = [x + slot / 2 + 3, HEIGHT - BOTTOM + 8];
+    group.append(element("text", {x: lx, y: ly, "text-anchor": "end", transform: `rotate(-60 ${lx} ${ly})`}, LABELS[i]));
     svg.append(group);
     if (count) parts.push(`${count} at rank ${LABELS[i]}`);
   });

@@ -124,7 +124,11 @@ def test_a_loaded_judge_shows_its_verdict_probability_and_features(page, server,
     rows = [row.text for row in page.find_elements(By.CSS_SELECTOR, "#judge-features tbody tr")]
     assert rows == ["mean_log_rank 1.200 +2.30", "fast_detect_gpt 3.100 \u22120.40"]
     screenshot(page, tmp_path, "verdict")
-    # a human verdict, and a judge that is configured but failed to load (its message shown)
+    page.execute_script(FAKE_JUDGE, {**JUDGE, "machine_probability": 0.12, "verdict": "human", "top_features": []})
+    score_in_page(page, TEXT)
+    assert find(page, '#verdict-body [data-judge="human"]').text == "Likely human-written"
+    assert "12.0 %" in verdict.text and not page.find_elements(By.ID, "judge-features")
+    # a judge that is configured but failed to load (its message shown)
     page.execute_script("""window.fetch = ((inner) => async (url, init) => {
       const response = await inner(url, init); const body = await response.json();
       body.detector = {loaded: false, message: "the judge in /models/judge could not be read"};
