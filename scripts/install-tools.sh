@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System tools the lint and observability tests use: promtool + prometheus, docker-compose.
+# System tools the lint, observability and page tests use: promtool + prometheus, docker-compose,
+# Debian's chromium + chromium-driver (tests/ui drive the page at /ui in headless Chromium).
 # Installs them with apt when missing. Outside CI a machine without apt (or root) only gets a
 # warning, and the tests that need them skip; with CI=true a missing tool is an error.
 set -euo pipefail
@@ -7,6 +8,8 @@ set -euo pipefail
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 ((${#missing[@]})) || exit 0
 
 sudo=""
