@@ -4,7 +4,8 @@ Per-slot state lives across steps: each sequence's random stream and draw count,
 sequence uses penalties, [slots, vocab] tables of its output counts and of the tokens it has
 seen. `add()` writes a slot when a sequence takes it. A step groups its rows by what they need
 (greedy or drawn, top-k, top-p, penalties, ...) into a `RowPlan`, which is kept for as long as
-the rows stay the same, so a steady decode step does no per-sequence Python.
+the rows stay the same (and no slot changes hands), so a steady decode step does no
+per-sequence Python.
 
 The order follows vLLM and the OpenAI API: logit_bias and min_tokens, then the penalties, then
 greedy argmax, or temperature, top-k, top-p and min-p followed by a draw. A draw uses one
@@ -52,8 +53,7 @@ class Sampler:
         self.num_sampled = np.zeros(num_slots, np.int64)  # draws so far: the counter of its stream
         self.counts: Tensor | None = None  # [S, V] float32 output-token counts, made with the first penalty
         self.seen: Tensor | None = None  # [S, V] bool: in the prompt or the output
-        self._plan: RowPlan | None = None
-        self._plan_key: bytes | None = None
+        self._plans: dict[bytes, RowPlan] = {}  # by the rows' slots (a step samples a few blocks of rows)
 
     def add(self, slot: int, params: SamplingParams, seed: int, prompt_token_ids: list[int],
             output_token_ids: list[int] = ()) -> None:
@@ -73,7 +73,7 @@ class Sampler:
                 outputs = torch.tensor(output_token_ids, device=self.device)
                 self.counts[slot].index_add_(0, outputs, torch.ones(len(outputs), device=self.device))
                 self.seen[slot, outputs] = True
-        self._plan_key = None  # the same slots may now hold other parameters
+        self._plans.clear()  # the same slots may now hold other parameters
 
     def sample(self, logits: Tensor, slots: np.ndarray) -> tuple[np.ndarray, list[TokenLogprob | None] | None]:
         """logits: [B, V] float32, row i for the sequence in cache slot slots[i]. Returns the chosen
@@ -100,9 +100,12 @@ class Sampler:
 
     def _row_plan(self, slots: np.ndarray) -> RowPlan:
         key = slots.tobytes()
-        if key != self._plan_key:
-            self._plan, self._plan_key = self._make_plan(slots), key
-        return self._plan
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= 64:  # rows that change every step (prefills) must not pile up
+                self._plans.clear()
+            plan = self._plans[key] = self._make_plan(slots)
+        return plan
 
     def _make_plan(self, slots: np.ndarray) -> RowPlan:
         """Group the rows by what they need: runs when the rows change, not every step."""

@@ -178,8 +178,10 @@ def test_the_row_plan_is_kept_while_the_rows_stay_and_rebuilt_when_a_slot_change
     x = logits(2, seed=9)
     sampler = sampler_for(SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, top_k=3))
     sample(sampler, x)
-    plan = sampler._plan
+    (plan,) = sampler._plans.values()
     sample(sampler, x)
-    assert sampler._plan is plan  # a steady step reuses it
+    assert list(sampler._plans.values()) == [plan]  # a steady step reuses it
     sampler.add(1, SamplingParams(temperature=0.0), 5, [1])
-    assert sample(sampler, x)[0] == x.argmax(-1).tolist() and sampler._plan is not plan and sampler._plan.all_greedy
+    assert sample(sampler, x)[0] == x.argmax(-1).tolist()
+    (new,) = sampler._plans.values()
+    assert new is not plan and new.all_greedy
