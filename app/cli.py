@@ -3,6 +3,7 @@
 import logging
 
 import typer
+from pydantic import ValidationError
 
 from app.calibrate import calibrate
 from app.config import Settings
@@ -13,12 +14,23 @@ cli = typer.Typer(help="gpt2-serve: GPT-2 completions and scoring behind one con
 log = logging.getLogger("app.cli")
 
 
+def load_settings() -> Settings:
+    """The GPT2_* settings, or a one-line error per bad one and exit 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "GPT2_" + "_".join(str(p) for p in error["loc"][:1]).upper()
+            typer.echo(f"gpt2-serve: invalid setting {name}: {error['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
+
+
 @cli.command()
 def serve() -> None:
     """Run the HTTP service (GPT2_HOST:GPT2_PORT) until SIGTERM, then drain and exit."""
     from app.server import serve as run_server
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings)
     run_server(settings)
 
@@ -28,7 +40,7 @@ def download() -> None:
     """Fetch GPT2_MODEL's weights and tokenizer into the Hugging Face cache (e.g. to bake an image)."""
     from app.model.loader import model_dir
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings)
     print(model_dir(settings.model))
 

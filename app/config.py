@@ -47,6 +47,32 @@ class Settings(BaseSettings):
                                    "accepted (413 beyond).")
     drain_timeout: float = Field(30.0, ge=0, description="Seconds admitted requests get to finish "
                                  "after SIGTERM before the process exits.")
+    docs: Literal["public", "keys", "off"] = Field("public", description="/docs and /openapi.json: open to "
+                                                   "all, behind GPT2_API_KEYS like the API, or not served.")
+    key_concurrency: int = Field(0, ge=0, description="Requests one API key may have in flight at once "
+                                 "(429 beyond); 0: no limit.")
+    max_connections: int | None = Field(None, ge=1, description="Open connections at once; beyond it new "
+                                        "ones get 503. Unset: no limit.")
+    keep_alive_timeout: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
+    read_timeout: float = Field(30.0, gt=0, description="Seconds a client may take to send its request body.")
+
+    # --- limits: what one request may cost (checked before the cost is paid) ----------------------
+    request_timeout: float = Field(600.0, gt=0, description="Seconds a request may take; then it is aborted "
+                                   "(504 `timeout`, or an error event in a stream). A request's own `timeout` "
+                                   "field may ask for less.")
+    max_inputs: int = Field(256, ge=1, description="Prompts per completion request, inputs per /v1/score "
+                            "request.")
+    max_input_chars: int = Field(2_000_000, ge=1, description="Characters of text per request, all prompts "
+                                 "(or inputs and contexts, or /tokenize text) together, before tokenizing.")
+    max_request_share: float = Field(0.5, gt=0, le=1, description="The share of GPT2_MAX_QUEUE one request's "
+                                     "sequences (prompts x n, or a long input's windows) may take.")
+    max_request_tokens: int = Field(131072, ge=1, description="Tokens one request may make the engine process: "
+                                    "every sequence's prompt (each sliding window's) plus its max_tokens.")
+    max_response_entries: int = Field(1_048_576, ge=1, description="Per-token entries one response may hold: "
+                                      "returned positions x (1 + top alternatives).")
+    max_logit_bias: int = Field(300, ge=0, description="Entries of logit_bias per request (OpenAI's limit).")
+    max_stop_chars: int = Field(256, ge=1, description="Characters per stop string.")
+    min_stride: int = Field(64, ge=1, description="Smallest sliding-window stride /v1/score accepts.")
 
     # --- extras ------------------------------------------------------------------------------
     ui: bool = Field(True, description="Serve the page at /ui (scoring and generation in a browser).")
@@ -63,9 +89,13 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
-        return value
+        """Fail closed: keys that are set but hold no key (",", " ", "") are refused, never read as
+        'no auth'. Unset means no auth (and the server warns at start-up)."""
+        keys = [key.strip() for key in value.split(",")] if isinstance(value, str) else value
+        if isinstance(keys, list) and (isinstance(value, str) or keys) and not all(keys):
+            raise ValueError("GPT2_API_KEYS is set but holds an empty key; give comma-separated non-empty keys, "
+                             "or leave it unset to serve without authentication")
+        return keys
 
     @property
     def model_name(self) -> str:

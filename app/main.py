@@ -11,6 +11,8 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from app import __version__
 from app.api import completions, health, models, score, tokenize
@@ -39,12 +41,18 @@ ERRORS = {400: {"description": "invalid request (the message names the field)"},
 def create_app(settings: Settings | None = None, engine: EngineHandle | None = None) -> FastAPI:
     """The app; its lifespan starts an engine process of its own, or connects to `engine`."""
     settings = settings or Settings()
-    app = FastAPI(title="gpt2-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    public_docs = settings.docs == "public"
+    app = FastAPI(title="gpt2-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs" if public_docs else None, openapi_url="/openapi.json" if public_docs else None)
     app.state.gpt2 = AppState(settings)
     app.state.engine_handle = engine
+    if not settings.api_keys:
+        log.warning("GPT2_API_KEYS is unset: the API answers anyone who can reach it")
     install_error_handlers(app)
     app.include_router(health.router)
     guarded = {"dependencies": [Depends(check_api_key)], "responses": ERRORS}
+    if settings.docs == "keys":
+        install_guarded_docs(app, guarded["dependencies"])
     app.include_router(models.router, **guarded)
     app.include_router(completions.router, **guarded)
     app.include_router(score.router, **guarded)
@@ -54,6 +62,19 @@ def create_app(settings: Settings | None = None, engine: EngineHandle | None = N
     app.add_middleware(RequestContextMiddleware, state=app.state.gpt2)
     install_metrics(app)  # outermost: it also sees the 413s answered from Content-Length
     return app
+
+
+def install_guarded_docs(app: FastAPI, dependencies: list) -> None:
+    """GPT2_DOCS=keys: /openapi.json and /docs need a key, like the API (a browser cannot send one,
+    so /docs is for clients that can: fetch the schema with the Authorization header)."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=dependencies)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
 
 @asynccontextmanager

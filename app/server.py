@@ -84,7 +84,8 @@ def run_api_server(settings: Settings, handle: EngineHandle | None = None, sock:
     app = create_app(settings, handle)
     state = app.state.gpt2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on", limit_concurrency=settings.max_connections,
+                            timeout_keep_alive=settings.keep_alive_timeout)
     server = DrainingServer(config, state)
     state.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run(sockets=None if sock is None else [sock])

@@ -7,6 +7,7 @@ The API process never imports torch: the model's modules are imported by the eng
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
 def run_engine_core(settings: Settings, address: str, ready: Connection, parent_pid: int) -> None:
     """The engine process's main: load, report ready (or why not) on `ready`, then serve `address`
     until the parent process goes away."""
+    # OpenMP threads that spin between the model's kernels steal the core the API process needs
+    # to stream tokens (libgomp spins by default): 7x fewer tokens/s through HTTP with the tiny
+    # model on 2 cores (bench/overhead.py). Passive threads sleep at once; set OMP_WAIT_POLICY=ACTIVE
+    # where the engine has cores of its own. (Before torch is imported, i.e. before libgomp reads it.)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from app.engine.core import CoreServer
     from app.logs import configure_logging
 

@@ -26,9 +26,10 @@ class ChoiceText:
     """The text of one choice: an optional echoed prompt, then the generated tokens. Stop strings
     are looked for in the generated text only."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: list[str], prefix: str = ""):
+    def __init__(self, tokenizer: Tokenizer, stop: list[str], prefix: str = "", with_entries: bool = True):
         self.tokenizer = tokenizer
         self.stop = stop
+        self.with_entries = with_entries  # keep a TokenEntry per token (for `logprobs`)
         self.text = prefix  # everything decoded so far (cut at a stop string once found)
         self.released = 0  # characters of `text` handed out already
         self.stopped = False  # a stop string was found
@@ -56,7 +57,8 @@ class ChoiceText:
             self._add(token_id, None, None)
         else:
             self._add(token_id, logprob.logprob, self._top(logprob.top, token_id, logprob.logprob))
-        self._find_stop()
+        if self.stop:
+            self._find_stop()
 
     def _top(self, alternatives: list[tuple[int, float]], token_id: int, logprob: float) -> dict[str, float]:
         """The alternatives by token text, plus the token itself, as OpenAI lists them."""
@@ -65,7 +67,8 @@ class ChoiceText:
         return top
 
     def _add(self, token_id: int, logprob: float | None, top: dict | None) -> None:
-        self._entries.append(TokenEntry(self.tokenizer.token_str(token_id), logprob, top, len(self.text)))
+        if self.with_entries:
+            self._entries.append(TokenEntry(self.tokenizer.token_str(token_id), logprob, top, len(self.text)))
         if token_id not in self.tokenizer.special_ids:  # <|endoftext|> ends text, it is not part of it
             self.text += self._decoder.decode(self.tokenizer.token_bytes(token_id))
 
@@ -80,9 +83,11 @@ class ChoiceText:
         """Text and token entries that are safe to hand out now; everything left when `final`."""
         if final and not self.stopped:
             self.text += self._decoder.decode(b"", final=True)
-        end = len(self.text) if final or self.stopped else len(self.text) - self._held_back()
+        end = len(self.text) if final or self.stopped or not self.stop else len(self.text) - self._held_back()
         piece = self.text[self.released : end]
         self.released = max(self.released, end)
+        if not self.with_entries:
+            return piece, []
         first = count = self._entries_released
         if final and not self.stopped:
             count = len(self._entries)

@@ -12,9 +12,11 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from app.api.choice_text import ChoiceText, TokenEntry
-from app.api.deps import ServiceDep, check_model
-from app.api.disconnect import until_done_or_disconnected
+from app.api.deps import LimitsDep, ServiceDep, check_model
+from app.api.disconnect import time_limit, timed_out, until_done_or_disconnected
 from app.api.errors import APIError, error_body
+from app.api.limits import check_cost, check_sampling, check_texts
+from app.api.offload import OffloadRoute, encode_texts
 from app.api.record import RecordDep, RequestRecord
 from app.api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, Usage
 from app.api.submission import check, engine_dead, gather_all, submit_all
@@ -23,7 +25,7 @@ from app.engine.sequence import FinishReason, RequestOutput
 from app.engine.stats import RequestStats
 from app.service import Service
 
-router = APIRouter(tags=["completions"])
+router = APIRouter(tags=["completions"], route_class=OffloadRoute)
 
 
 @dataclass
@@ -65,23 +67,28 @@ def logprobs_of(entries: list[TokenEntry]) -> dict:
 
 @router.post("/v1/completions", response_model=CompletionResponse, summary="Complete prompts (OpenAI-compatible)",
              responses={429: {"description": "queue full (Retry-After says when to retry)"}})
-async def create_completion(body: CompletionRequest, request: Request, service: ServiceDep, record: RecordDep):
+async def create_completion(body: CompletionRequest, request: Request, service: ServiceDep, record: RecordDep,
+                            limits: LimitsDep):
     check_model(service, body.model)
-    prompts = tokenize_prompts(service, body)
+    check_texts(body.prompts(), limits, "prompt")
+    check_sampling(body.logit_bias, body.stop, limits)
+    prompts = await tokenize_prompts(service, body)
+    check_cost(*cost(body, prompts), limits, param="n" if body.n > 1 else "prompt")
     request_id = f"cmpl-{uuid.uuid4().hex}"
     choices = submit(service, body, prompts, request_id)
     record.prompt_tokens = sum(map(len, prompts))
     record.prompt = body.prompt  # logged only with GPT2_LOG_PROMPTS=true
     created = int(time.time())
     streams = [c.stream for c in choices]
+    timeout = time_limit(service.settings, body.timeout)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # the background task runs even when the client leaves before the first chunk
         return StreamingResponse(stream_chunks(choices, prompts, request_id, created, service.info.name,
-                                               include_usage, record), media_type="text/event-stream",
+                                               include_usage, record, timeout), media_type="text/event-stream",
                                  background=BackgroundTask(close, service.engine, streams))
     try:
-        await until_done_or_disconnected(collect(choices), request)
+        await until_done_or_disconnected(collect(choices), request, timeout)
     finally:
         service.engine.close(streams)
     response = CompletionResponse(
@@ -99,20 +106,24 @@ async def close(engine: EngineClient, streams: list[RequestStream]) -> None:
     engine.close(streams)
 
 
-def tokenize_prompts(service: Service, body: CompletionRequest) -> list[list[int]]:
-    prompt = body.prompt
-    if isinstance(prompt, str):
-        prompts = [service.tokenizer.encode(prompt)]
-    elif isinstance(prompt[0], str):
-        prompts = [service.tokenizer.encode(p) for p in prompt]
-    elif isinstance(prompt[0], int):
-        prompts = [prompt]
-    else:
-        prompts = prompt
+async def tokenize_prompts(service: Service, body: CompletionRequest) -> list[list[int]]:
+    prompts = body.prompts()
+    if isinstance(prompts[0], str):
+        prompts = await encode_texts(service.tokenizer, prompts)
     for i, ids in enumerate(prompts):
         if not ids:
             raise APIError(400, "the prompt is empty" + (f" (prompt {i})" if len(prompts) > 1 else ""), param="prompt")
     return prompts
+
+
+def cost(body: CompletionRequest, prompts: list[list[int]]) -> tuple[int, int, int]:
+    """(engine sequences, tokens the engine processes, per-token entries of the response)."""
+    prompt_tokens = sum(map(len, prompts))
+    entries = 0
+    if body.logprobs is not None:
+        positions = body.max_tokens * len(prompts) + (prompt_tokens if body.echo else 0)
+        entries = body.n * positions * (1 + body.logprobs)
+    return len(prompts) * body.n, body.n * (prompt_tokens + body.max_tokens * len(prompts)), entries
 
 
 def submit(service: Service, body: CompletionRequest, prompts: list[list[int]], request_id: str) -> list[Choice]:
@@ -120,12 +131,12 @@ def submit(service: Service, body: CompletionRequest, prompts: list[list[int]], 
     params = [body.to_sampling_params(j) for j in range(body.n)]
     sequences = [(f"{request_id}-{i * body.n + j}", ids, params[j]) for i, ids in enumerate(prompts)
                  for j in range(body.n)]
-    streams = submit_all(service, sequences, param="n" if body.n > 1 else "prompt")
+    streams = submit_all(service, sequences)
     echo_scores = body.echo and body.logprobs is not None
     choices = []
     for index, ((_, ids, _), stream) in enumerate(zip(sequences, streams, strict=True)):
         prefix = service.tokenizer.decode(ids) if body.echo and not echo_scores else ""
-        text = ChoiceText(service.tokenizer, body.stop, prefix)
+        text = ChoiceText(service.tokenizer, body.stop, prefix, with_entries=body.logprobs is not None)
         choices.append(Choice(index, ids, stream, service.engine, text, echo_scores, body.logprobs is not None))
     return choices
 
@@ -141,29 +152,32 @@ async def collect(choices: list[Choice]) -> None:
 
 
 async def stream_chunks(choices: list[Choice], prompts: list[list[int]], request_id: str, created: int, model: str,
-                        include_usage: bool, record: RequestRecord) -> AsyncIterator[bytes]:
+                        include_usage: bool, record: RequestRecord, timeout: float) -> AsyncIterator[bytes]:
     """SSE: one chunk per choice per engine step with new text, a final chunk per choice with its
     finish_reason, optionally a usage chunk, then [DONE]. Closing the generator (the client went
-    away) lets the response's background task abort every unfinished choice."""
+    away) lets the response's background task abort every unfinished choice. A failure or the
+    deadline ends the stream with an error event instead."""
     head = {"id": request_id, "object": "text_completion", "created": created, "model": model}
     chunk = ChunkTemplate(head, include_usage)
     unfinished = len(choices)
     try:
-        async for choice, output in merged(choices):
-            if choice.finish_reason is not None:
-                continue  # ended by a stop string; the abort's output is not news
-            text, entries = choice.update(output)
-            if not text and not entries and choice.finish_reason is None:
-                continue
-            if choice.logprobs:
-                yield chunk.full(choice.index, text, logprobs_of(entries), choice.finish_reason)
-            else:
-                yield chunk.text(choice.index, text, choice.finish_reason)
-            unfinished -= choice.finish_reason is not None
-            if not unfinished:
-                break
-    except (APIError, EngineDeadError) as exc:  # the engine failed a choice: say so in the stream and end it
-        error = engine_dead(exc) if isinstance(exc, EngineDeadError) else exc
+        async with asyncio.timeout(timeout):
+            async for choice, output in merged(choices):
+                if choice.finish_reason is not None:
+                    continue  # ended by a stop string; the abort's output is not news
+                text, entries = choice.update(output)
+                if not text and not entries and choice.finish_reason is None:
+                    continue
+                if choice.logprobs:
+                    yield chunk.full(choice.index, text, logprobs_of(entries), choice.finish_reason)
+                else:
+                    yield chunk.text(choice.index, text, choice.finish_reason)
+                unfinished -= choice.finish_reason is not None
+                if not unfinished:
+                    break
+    except (APIError, EngineDeadError, TimeoutError) as exc:  # say what went wrong in the stream, and end it
+        error = engine_dead(exc) if isinstance(exc, EngineDeadError) else timed_out(timeout) if isinstance(
+            exc, TimeoutError) else exc
         record.error_code = error.code
         yield b"data: " + orjson.dumps(error_body(error.status, error.message, code=error.code)) + b"\n\n"
         return

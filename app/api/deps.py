@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.errors import APIError
+from app.api.limits import Limits
 from app.config import Settings
 from app.service import Service
 
@@ -29,8 +30,13 @@ class AppState:
     engine_error: str | None = None  # why the engine died or hung, once it did
     draining: bool = False
     in_flight: int = 0  # HTTP requests being served (health probes included)
+    key_in_flight: dict[str, int] = field(default_factory=dict)  # requests in flight by API key (when limited)
     on_fatal: Callable[[], None] | None = None  # set by the server: stop serving (the process exits 1)
     on_ready: list[Callable[[Service], None]] = field(default_factory=list)  # e.g. metrics subscribing
+
+    @property
+    def limits(self) -> Limits:
+        return Limits.from_settings(self.settings)
 
     @property
     def ready(self) -> bool:
@@ -73,8 +79,13 @@ async def check_api_key(request: Request) -> None:
         raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
 
 
+async def get_limits(request: Request) -> Limits:
+    return request.app.state.gpt2.limits
+
+
 StateDep = Annotated[AppState, Depends(get_state)]
 ServiceDep = Annotated[Service, Depends(get_service)]
+LimitsDep = Annotated[Limits, Depends(get_limits)]
 
 
 def check_model(service: Service, name: str | None) -> None:

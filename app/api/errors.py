@@ -16,10 +16,12 @@ ERROR_TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     500: "internal_error",
     503: "service_unavailable",
+    504: "timeout_error",
 }
 
 
@@ -44,22 +46,30 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
     """Pydantic's list of problems -> one readable message and the first offending field."""
-    messages, param = [], None
+    by_field: dict[str | None, list[str]] = {}
+    checked: set[str | None] = set()  # fields one of our own checks (a value error) refused
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         # drop pydantic's union-member tags (e.g. "list[int]", "function-after[...]") from the path
         loc = [p for p in loc if not any(ch in p for ch in "[]") and p not in ("str", "int", "list")]
         field = ".".join(loc) or None
-        param = param or field
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
         if err.get("type") == "json_invalid":
             msg = f"the request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
         elif err.get("type") == "model_attributes_type" and not loc:
             msg = "the request body must be a JSON object"
-        messages.append(f"{field}: {msg}" if field else msg)
+        if err.get("type") == "value_error" and field not in checked:
+            # a value that failed every member of a union: our check's message says more than
+            # "Input should be a valid list" from the members it was never meant for
+            checked.add(field)
+            by_field[field] = []
+        if field in checked and err.get("type") != "value_error":
+            continue
+        by_field.setdefault(field, []).append(msg)
+    messages = [f"{field}: {msg}" if field else msg for field, msgs in by_field.items() for msg in msgs]
     if not messages:
         return "invalid request", None
-    return "; ".join(dict.fromkeys(messages)), param
+    return "; ".join(dict.fromkeys(messages)), next(iter(by_field))
 
 
 def install_error_handlers(app: FastAPI) -> None:

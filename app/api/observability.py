@@ -31,7 +31,7 @@ from app.service import Service
 
 log = logging.getLogger("app.access")
 
-QUIET_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics"})
+QUIET_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/ui"})  # probes, scrapes, the page
 OTHER_ENDPOINT = "other"
 
 

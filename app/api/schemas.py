@@ -5,15 +5,31 @@ Pydantic lives here, at the edge; `to_sampling_params()` converts to the engine'
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.engine.sequence import SamplingParams
 
 MAX_LOGPROBS = 5  # as OpenAI
 MAX_STOP = 4
+MAX_TOP_K = 1 << 31  # a larger top_k keeps every token, as this one does
 
+
+def check_text(value: str) -> str:
+    """Text the tokenizer can take: valid Unicode (JSON's \\ud800 escapes can carry lone surrogates,
+    which no encoding can hold) and no NUL characters."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"is not valid Unicode text: a lone surrogate ({exc.object[exc.start]!a}) at character "
+                         f"{exc.start}") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(check_text)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-Prompt = str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+Prompt = Text | Annotated[list[Text], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
 
 
 class StreamOptions(BaseModel):
@@ -47,7 +63,7 @@ class CompletionRequest(BaseModel):
                                  examples=[1])
     echo: bool = Field(False, description="Put the prompt before the completion (with its logprobs when asked; the "
                        "first prompt token's logprob is null).", examples=[False])
-    stop: str | list[str] | None = Field(None, validate_default=True, examples=[["\n\n"]],
+    stop: Text | list[Text] | None = Field(None, validate_default=True, examples=[["\n\n"]],
                                          description="Up to 4 strings that end the completion; the stop string "
                                          "is not included in the text.")
     seed: int | None = Field(None, description="Seed for sampling: the same seed gives the same tokens, alone or "
@@ -58,7 +74,10 @@ class CompletionRequest(BaseModel):
                                      "appeared.", examples=[0.0])
     logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) -> bias in [-100, 100] "
                                                 "added to its logit.", examples=[{"50256": -100}])
-    user: str | None = Field(None, description="An end-user id, for your own logs; not used.", examples=["user-1"])
+    user: Text | None = Field(None, description="An end-user id, for your own logs; not used.", examples=["user-1"])
+    timeout: float | None = Field(None, gt=0, description="Seconds this request may take (at most the server's "
+                                  "GPT2_REQUEST_TIMEOUT); then it is stopped: 504 `timeout`, or an error event in "
+                                  "a stream.", examples=[30])
     suffix: str | None = Field(None, description="Not supported (must be null).", examples=[None])
     # extensions (vLLM's names)
     top_k: int = Field(0, ge=-1, description="Keep only the k most likely tokens; 0 or -1 turns it off.",
@@ -108,13 +127,20 @@ class CompletionRequest(BaseModel):
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         return self
 
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, one entry each (a text or token ids)."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            return [prompt]
+        return list(prompt)
+
     def to_sampling_params(self, choice: int = 0) -> SamplingParams:
         """The engine's parameters for choice number `choice` (seeds differ per choice)."""
         return SamplingParams(
             max_tokens=self.max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
-            top_k=max(self.top_k, 0),
+            top_k=min(max(self.top_k, 0), MAX_TOP_K),
             min_p=self.min_p,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
@@ -185,7 +211,7 @@ class CompletionResponse(BaseModel):
 
 class TokenizeRequest(BaseModel):
     model: str | None = Field(None, description="The served model's name; optional.", examples=["gpt2"])
-    prompt: str = Field(..., description="Text to tokenize.", examples=["Hello world"])
+    prompt: Text = Field(..., description="Text to tokenize.", examples=["Hello world"])
     add_special_tokens: bool = Field(False, description="GPT-2 adds none; accepted for compatibility.",
                                      examples=[False])
 

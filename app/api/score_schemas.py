@@ -7,15 +7,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from app.api.schemas import Text
 from app.engine.sequence import SamplingParams
 
 MAX_TOP_LOGPROBS = 20
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 ContextIds = list[Annotated[int, Field(ge=0)]]  # may be empty: then <|endoftext|> is the context
-Texts = Annotated[list[str], Field(min_length=1)]
-ScoreInput = str | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
-ScoreContext = str | Texts | ContextIds | Annotated[list[ContextIds], Field(min_length=1)]
+Texts = Annotated[list[Text], Field(min_length=1)]
+ScoreInput = Text | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+ScoreContext = Text | Texts | ContextIds | Annotated[list[ContextIds], Field(min_length=1)]
 
 
 def _kind(value: object) -> str:
@@ -54,6 +55,8 @@ class ScoreRequest(BaseModel):
     window: Literal["none", "sliding"] = Field("none", description="`none`: an input longer than the model's "
                                                "context is refused (400); `sliding`: it is scored with a sliding "
                                                "window, each token once.", examples=["sliding"])
+    timeout: float | None = Field(None, gt=0, description="Seconds this request may take (at most the server's "
+                                  "GPT2_REQUEST_TIMEOUT); then it is stopped with a 504 `timeout`.", examples=[30])
     stride: int | None = Field(None, ge=1, description="Sliding window step in tokens, at most max_model_len - 1; "
                                "every token past the first window gets at least max_model_len - stride tokens of "
                                "context. Default max_model_len // 2.", examples=[512])

@@ -13,15 +13,10 @@ from app.engine.validation import InvalidRequestError
 from app.service import Service
 
 
-def submit_all(service: Service, sequences: list[Submission], param: str) -> list[RequestStream]:
+def submit_all(service: Service, sequences: list[Submission]) -> list[RequestStream]:
     """Queue (request id, prompt ids, params) for each sequence, or none of them: 400 if one can
-    never run or if there are more than the engine could ever hold (`param` names the field to
-    blame), 429 while it is at capacity, 503 when it is gone."""
-    most = service.settings.max_queue
-    if len(sequences) > most:
-        raise APIError(400, f"this request needs {len(sequences)} engine sequences (one per prompt and choice, or "
-                       f"per window of a long input) but at most {most} can wait at once (GPT2_MAX_QUEUE); "
-                       "split it", param=param, code="too_many_inputs")
+    never run, 429 while the engine is at capacity, 503 when it is gone. (The request's size was
+    checked against its limits before: app/api/limits.py.)"""
     try:
         return service.engine.submit(sequences)
     except InvalidRequestError as exc:

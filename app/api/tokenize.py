@@ -2,8 +2,10 @@
 
 from fastapi import APIRouter
 
-from app.api.deps import ServiceDep, check_model
+from app.api.deps import LimitsDep, ServiceDep, check_model
 from app.api.errors import APIError
+from app.api.limits import check_texts, refuse
+from app.api.offload import OffloadRoute, decode_ids, encode_texts
 from app.api.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -12,24 +14,28 @@ from app.api.schemas import (
     TokenizerInfo,
 )
 
-router = APIRouter(tags=["tokenizer"])
+router = APIRouter(tags=["tokenizer"], route_class=OffloadRoute)
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, summary="Text -> GPT-2 token ids")
-async def tokenize(body: TokenizeRequest, service: ServiceDep) -> TokenizeResponse:
+async def tokenize(body: TokenizeRequest, service: ServiceDep, limits: LimitsDep) -> TokenizeResponse:
     check_model(service, body.model)
-    tokens = service.tokenizer.encode(body.prompt)
+    check_texts([body.prompt], limits, "prompt")
+    (tokens,) = await encode_texts(service.tokenizer, [body.prompt])
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=service.info.max_model_len)
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, summary="Token ids -> text")
-async def detokenize(body: DetokenizeRequest, service: ServiceDep) -> DetokenizeResponse:
+async def detokenize(body: DetokenizeRequest, service: ServiceDep, limits: LimitsDep) -> DetokenizeResponse:
     check_model(service, body.model)
+    if len(body.tokens) > limits.max_request_tokens:
+        raise refuse(f"{len(body.tokens)} tokens to detokenize; at most {limits.max_request_tokens} are allowed",
+                     "tokens", "max_request_tokens")
     vocab = service.info.vocab_size
     bad = next((t for t in body.tokens if t >= vocab), None)
     if bad is not None:
         raise APIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param="tokens")
-    return DetokenizeResponse(prompt=service.tokenizer.decode(body.tokens))
+    return DetokenizeResponse(prompt=await decode_ids(service.tokenizer, body.tokens))
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo, summary="Special tokens and sizes of the tokenizer")

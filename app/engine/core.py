@@ -248,5 +248,5 @@ class CoreServer:
                     by_client.setdefault(identity, [])
         for identity, outs in by_client.items():
             message = EngineOutputs(outs, stats if identity == self.stats_client else None)
-            self.socket.send_multipart([identity, self._encode(message)], copy=False)
+            self.socket.send_multipart([identity, self._encode(message)])
             self.last_sent[identity] = now

@@ -101,6 +101,8 @@ def start_server(**overrides) -> LiveServer:
 
 @pytest.fixture(scope="session")
 def live(tiny_model_dir):
-    server = start_server(model=tiny_model_dir, served_model_name="tiny-gpt2")
+    # min_stride 1: the scoring tests check sliding windows exactly with strides of a few tokens;
+    # max_request_share 1: some send requests that fill the test server's whole queue (64)
+    server = start_server(model=tiny_model_dir, served_model_name="tiny-gpt2", min_stride=1, max_request_share=1.0)
     yield server
     server.stop()
