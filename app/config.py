@@ -62,7 +62,7 @@ class Settings(BaseSettings):
                                    "field may ask for less.")
     max_inputs: int = Field(256, ge=1, description="Prompts per completion request, inputs per /v1/score "
                             "request.")
-    max_input_chars: int = Field(2_000_000, ge=1, description="Characters of text per request, all prompts "
+    max_input_chars: int = Field(524_288, ge=1, description="Characters of text per request, all prompts "
                                  "(or inputs and contexts, or /tokenize text) together, before tokenizing.")
     max_request_share: float = Field(0.5, gt=0, le=1, description="The share of GPT2_MAX_QUEUE one request's "
                                      "sequences (prompts x n, or a long input's windows) may take.")

@@ -69,7 +69,9 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
     messages = [f"{field}: {msg}" if field else msg for field, msgs in by_field.items() for msg in msgs]
     if not messages:
         return "invalid request", None
-    return "; ".join(dict.fromkeys(messages)), next(iter(by_field))
+    first = next(iter(by_field))  # the field, without list indices (the message keeps them)
+    param = ".".join(p for p in first.split(".") if not p.isdigit()) if first else None
+    return "; ".join(dict.fromkeys(messages)), param or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -7,27 +7,19 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from app.api.schemas import Text
+from app.api.schemas import Text, Texts, TokenIds, form, one_of
 from app.engine.sequence import SamplingParams
 
 MAX_TOP_LOGPROBS = 20
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 ContextIds = list[Annotated[int, Field(ge=0)]]  # may be empty: then <|endoftext|> is the context
-Texts = Annotated[list[Text], Field(min_length=1)]
-ScoreInput = Text | Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
-ScoreContext = Text | Texts | ContextIds | Annotated[list[ContextIds], Field(min_length=1)]
+ScoreInput = one_of(Text, Texts, TokenIds, Annotated[list[TokenIds], Field(min_length=1)])
+ScoreContext = one_of(Text, Texts, ContextIds, Annotated[list[ContextIds], Field(min_length=1)])
 
 
 def _kind(value: object) -> str:
     """What form a field took: text, texts, ids or id_lists."""
-    if isinstance(value, str):
-        return "text"
-    if value and isinstance(value[0], str):
-        return "texts"
-    if value and isinstance(value[0], list):
-        return "id_lists"
-    return "ids"
+    return form(value).strip("[]")
 
 
 class ScoreRequest(BaseModel):
