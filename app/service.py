@@ -72,6 +72,9 @@ def run_engine_core(settings: Settings, address: str, ready: Connection, parent_
     # model on 2 cores (bench/overhead.py). Passive threads sleep at once; set OMP_WAIT_POLICY=ACTIVE
     # where the engine has cores of its own. (Before torch is imported, i.e. before libgomp reads it.)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # oneDNN keeps a compiled kernel per matmul shape, 1024 by default; prefill chunks come in every
+    # length, so that cache alone grew the engine by ~230 MB over a few thousand mixed requests
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
     from app.engine.core import CoreServer
     from app.logs import configure_logging
 

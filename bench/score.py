@@ -6,12 +6,12 @@ Everything runs in this process on the same model (dummy weights, GPT-2 small sh
 
 - bare: our own GPT2 forward (app/model/gpt2.py) over the texts packed into one batch (every
   position's final hidden state kept), then the lm_head and a full-vocabulary log_softmax for
-  every position, in blocks of the runner's SCORE_ROWS rows, plus gathering each next token's
-  logprob: the work scoring cannot avoid, without scheduling, ranks or statistics. Three ways:
-  all texts in one pass; as many texts per pass as an engine step holds
-  (GPT2_MAX_NUM_BATCHED_TOKENS); and the same with the log_softmax taken 32 rows at a time
-  (a [32, V] block stays in cache and below glibc's mmap threshold, which a [256, V] one does
-  not). The fastest of the three is the reference.
+  every position, plus gathering each next token's logprob: the work scoring cannot avoid,
+  without scheduling, ranks or statistics. Three ways: all texts in one pass, the lm_head on 256
+  rows at a time; as many texts per pass as an engine step holds (GPT2_MAX_NUM_BATCHED_TOKENS),
+  likewise; and the same with the lm_head and log_softmax taken 32 rows at a time (a [32, V]
+  block stays in cache and below glibc's mmap threshold, which a [256, V] one does not; the
+  engine does this). The fastest of the three is the reference.
 - engine: the same texts as prefill-only requests (max_tokens=0, prompt_logprobs=0) through the
   engine's step loop on this thread, with prompt_stats off (logprobs + ranks) and on
   (detect=true: entropy and variance too).
@@ -44,10 +44,9 @@ from app.model.gpt2 import AttentionPlan, KVCache, Prefill  # noqa: E402
 from app.service import build_core  # noqa: E402
 
 
-def bare_forward(model, cache: KVCache, texts: list[list[int]], per_pass: int, sub_rows: int = SCORE_ROWS) -> float:
+def bare_forward(model, cache: KVCache, texts: list[list[int]], per_pass: int, rows: int = 256) -> float:
     """`per_pass` texts packed into each forward (every position's hidden state kept), then the
-    lm_head for every position in blocks of SCORE_ROWS rows, and the log_softmax in blocks of
-    `sub_rows` rows. Returns seconds."""
+    lm_head and the log_softmax for every position in blocks of `rows` rows. Returns seconds."""
     n = len(texts[0])
     start = time.perf_counter()
     with torch.inference_mode():
@@ -60,11 +59,9 @@ def bare_forward(model, cache: KVCache, texts: list[list[int]], per_pass: int, s
             targets = torch.tensor([text[1:] + [0] for text in group]).view(-1)
             hidden = model(ids, positions, slots, plan, cache)  # [T, C], every position
             chosen = []
-            for s in range(0, hidden.shape[0], SCORE_ROWS):
-                logits = model.logits(hidden[s : s + SCORE_ROWS])  # [rows, V]
-                for u in range(0, logits.shape[0], sub_rows):
-                    logprobs = logits[u : u + sub_rows].log_softmax(-1)
-                    chosen.append(logprobs.gather(1, targets[s + u : s + u + sub_rows].unsqueeze(1)))
+            for s in range(0, hidden.shape[0], rows):
+                logprobs = model.logits(hidden[s : s + rows]).log_softmax(-1)  # [rows, V]
+                chosen.append(logprobs.gather(1, targets[s : s + rows].unsqueeze(1)))
             torch.cat(chosen).tolist()
     return time.perf_counter() - start
 
@@ -149,7 +146,7 @@ def main() -> None:
     per_step = max(1, args.max_num_batched_tokens // args.tokens)
     runs = {"bare (one pass)": lambda: bare_forward(model, cache, texts, args.texts),
             f"bare ({per_step} texts/pass)": lambda: bare_forward(model, cache, texts, per_step),
-            f"bare ({per_step}/pass, sub 32)": lambda: bare_forward(model, cache, texts, per_step, 32),
+            f"bare ({per_step}/pass, 32 rows)": lambda: bare_forward(model, cache, texts, per_step, SCORE_ROWS),
             "engine (logprobs+ranks)": lambda: engine_scoring(core, texts, stats=False),
             "engine (detect=true)": lambda: engine_scoring(core, texts, stats=True)}
     if server is not None:

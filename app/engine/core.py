@@ -12,7 +12,7 @@ import time
 import numpy as np
 import zmq
 
-from app.engine.memory import device_memory_readers
+from app.engine.memory import device_memory_readers, release_free_memory
 from app.engine.protocol import (
     AbortRequests,
     AddRequests,
@@ -183,20 +183,23 @@ class CoreServer:
 
     def run(self) -> None:
         """Serve until the process that started this one is gone."""
-        checked = time.monotonic()
+        checked, was_busy = time.monotonic(), False
         while True:
-            busy = self.core.has_unfinished()
-            self._receive(0 if busy else IDLE_POLL_MS)
-            if self.core.has_unfinished():
-                outputs, stats = self.core.step()
-                self._send(outputs, stats)
-            elif self._reported_busy:  # e.g. aborts emptied the engine: the gauges must say so
-                self._send([], self.core.stats())
             if time.monotonic() - checked >= 1.0:
                 checked = time.monotonic()
                 if os.getppid() != self.parent_pid:
                     log.warning("the server process is gone; the engine stops")
                     return
+            self._receive(0 if self.core.has_unfinished() else IDLE_POLL_MS)
+            if self.core.has_unfinished():
+                self._send(*self.core.step())
+                was_busy = True
+                continue
+            if self._reported_busy:  # e.g. aborts emptied the engine: the gauges must say so
+                self._send([], self.core.stats())
+            if was_busy:  # just went idle: give the steps' freed memory back
+                release_free_memory()
+                was_busy = False
 
     def _receive(self, timeout_ms: int) -> None:
         if not self.socket.poll(timeout_ms):

@@ -19,10 +19,10 @@ from app.engine.sequence import PromptScores, SamplingParams, Sequence, TokenLog
 from app.model.gpt2 import GPT2, AttentionPlan, KVCache, Prefill
 from app.model.sampling import score_tokens
 
-# prompt positions scored per lm_head call: bounds the [rows, V] float32 logits held at once
-SCORE_ROWS = 256
-# rows per pass after the lm_head: a [32, V] float32 block (6.4 MB for GPT-2) stays in cache
-STATS_ROWS = 32
+# prompt positions scored per lm_head call: a [32, V] float32 block (6.4 MB for GPT-2) stays in cache
+# while the log-softmax, ranks and statistics read it, and blocks of one size let the allocator
+# reuse their memory (larger, varied blocks made the engine's RSS creep up by hundreds of MB)
+SCORE_ROWS = 32
 # sampled rows per lm_head call: the [64, V] float32 logits (13 MB for GPT-2) are sampled while they
 # are still in cache, and stay under glibc's largest mmap threshold (32 MiB), above which every step
 # would allocate them afresh and page-fault them in (at 256 rows: ~3x the time of four 64-row blocks)
@@ -164,28 +164,22 @@ class ModelRunner:
         return plan
 
     def _score(self, hidden: Tensor, targets: list[int], params: SamplingParams) -> PromptScores:
-        """Score `targets` given hidden states [n, C] of the positions before each.
-
-        The lm_head runs on SCORE_ROWS rows at a time; what follows it (log-softmax, ranks, top-k,
-        entropy) on STATS_ROWS-row slices, whose [rows, V] temporaries stay in cache (and, on a CPU,
-        under the allocator's mmap threshold, which otherwise costs fresh page faults per call)."""
+        """Score `targets` given hidden states [n, C] of the positions before each, SCORE_ROWS at a time."""
         k, stats = params.prompt_logprobs, params.prompt_stats
         target_ids = torch.tensor(targets, device=self.device)
         scores = PromptScores()
         for s in range(0, len(targets), SCORE_ROWS):
-            logits = self.logits(hidden[s : s + SCORE_ROWS])  # [rows, V]
-            for u in range(0, logits.shape[0], STATS_ROWS):
-                logprobs = logits[u : u + STATS_ROWS].log_softmax(-1)  # [rows, V]
-                ts = score_tokens(logprobs, target_ids[s + u : s + u + STATS_ROWS], k)
-                scores.token_logprobs += ts.logprobs
-                scores.ranks += ts.ranks
-                scores.top += ts.top
-                if stats:
-                    p_log_p = logprobs.exp().mul_(logprobs)
-                    entropy = -p_log_p.sum(-1)
-                    second = p_log_p.mul_(logprobs).sum(-1)  # E[(log p)^2]
-                    scores.entropy += entropy.tolist()
-                    scores.logprob_variance += (second - entropy.square()).clamp(min=0).tolist()
+            logprobs = self.logits(hidden[s : s + SCORE_ROWS]).log_softmax(-1)  # [rows, V]
+            ts = score_tokens(logprobs, target_ids[s : s + SCORE_ROWS], k)
+            scores.token_logprobs += ts.logprobs
+            scores.ranks += ts.ranks
+            scores.top += ts.top
+            if stats:
+                p_log_p = logprobs.exp().mul_(logprobs)
+                entropy = -p_log_p.sum(-1)
+                second = p_log_p.mul_(logprobs).sum(-1)  # E[(log p)^2]
+                scores.entropy += entropy.tolist()
+                scores.logprob_variance += (second - entropy.square()).clamp(min=0).tolist()
         return scores
 
     def warm_up(self, num_tokens: int = 16) -> None:
