@@ -1,0 +1,106 @@
+"""What one training run is asked to do, checked before anything heavy is loaded."""
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# GPT-2 small: what a model trained from scratch looks like unless told otherwise
+DEFAULT_SHAPE = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+
+
+class TrainError(ValueError):
+    """Bad input to `gpt2-serve train`: the CLI prints the message on one line and exits 2."""
+
+
+@dataclass
+class TrainSpec:
+    data: list[Path]
+    output: Path
+    eval_data: list[Path] = field(default_factory=list)
+    eval_fraction: float = 0.05
+    text_field: str = "text"
+    unit: str = "document"  # what one text-file sample is: the whole file, a paragraph or a line
+    # start: a pretrained model (hub id or directory) or a new one
+    from_model: str | None = None
+    config: Path | None = None
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    context: int | None = None  # n_positions of a new model
+    dropout: float | None = None
+    block_size: int | None = None
+    # optimisation
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float | None = None
+    weight_decay: float = 0.1
+    warmup: float = 0.05  # below 1: a fraction of the steps; otherwise a number of steps
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    time_budget: float | None = None  # seconds
+    eval_every: int | None = None
+    eval_batches: int | None = None  # cap the held-out set at this many batches
+    patience: int = 0  # early stopping: evaluations without improvement; 0 = off
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    save_total_limit: int = 2
+    resume: bool = False
+    overwrite: bool = False
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.config is not None or any(
+            v is not None for v in (self.n_layer, self.n_embd, self.n_head, self.context))
+
+    @property
+    def start(self) -> str:
+        """A hub id or directory for fine-tuning (gpt2 unless told otherwise); '' for a new model."""
+        return "" if self.from_scratch else (self.from_model or "gpt2")
+
+    def as_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if isinstance(v, list) else v)
+                for k, v in asdict(self).items()}
+
+
+def check_spec(spec: TrainSpec) -> None:
+    """Everything that can be said about the request without reading data or a model."""
+    if spec.from_model and spec.from_scratch:
+        raise TrainError("--from (fine-tune) and --config / --n-layer / --n-embd / --n-head / --context "
+                         "(train from scratch) exclude each other; choose one")
+    if spec.resume and spec.overwrite:
+        raise TrainError("--resume continues the run in the output directory and --overwrite replaces it; "
+                         "choose one")
+    if not 0 < spec.eval_fraction < 1:
+        raise TrainError(f"--eval-fraction must be between 0 and 1, not {spec.eval_fraction}")
+    for path in [*spec.data, *spec.eval_data]:
+        if not path.exists():
+            raise TrainError(f"no such file or directory: {path}")
+    if spec.config is not None and not spec.config.is_file():
+        raise TrainError(f"no such config file: {spec.config}")
+    check_output(spec)
+
+
+def check_output(spec: TrainSpec) -> None:
+    out = spec.output
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"the output {out} exists and is not a directory")
+    busy = out.is_dir() and any(out.iterdir())
+    if spec.resume and not any((out / "checkpoints").glob("checkpoint-*")):
+        raise TrainError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from")
+    if busy and not (spec.resume or spec.overwrite):
+        raise TrainError(f"the output directory {out} exists and is not empty; pass --overwrite to replace "
+                         f"it or --resume to continue its run")
+
+
+def parse_duration(text: str) -> float:
+    """'900', '900s', '15m', '1h30m' -> seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "": 1}
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)([hms]?))+", text.strip())
+    if not parts:
+        raise TrainError(f"--time-budget {text!r}: expected seconds or a duration such as 15m or 1h30m")
+    total = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text))
+    if total <= 0:
+        raise TrainError("--time-budget must be positive")
+    return total
