@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from app.train.spec import TrainError, TrainSpec, parse_duration
+from app.train.spec import TrainError, TrainSpec, check_spec, parse_duration
 
 Opt = typer.Option
 
@@ -69,6 +69,7 @@ def train(
             eval_batches=eval_batches, patience=patience, precision=precision,
             gradient_checkpointing=gradient_checkpointing, seed=seed, save_total_limit=save_total_limit,
             resume=resume, overwrite=overwrite)
+        check_spec(spec)  # before the training stack is imported: bad input fails in a moment
         from app.train.train import run
 
         run(spec)

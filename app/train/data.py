@@ -10,15 +10,13 @@ partial block of each map batch is dropped). The held-out set is --eval-data, or
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from app.train.spec import TrainError
-
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
-JSONL_SUFFIXES = {".jsonl"}
+from app.train.spec import TrainError, list_files
 
 
 @dataclass
@@ -35,23 +33,6 @@ class Blocks:
     @property
     def eval_tokens(self) -> int:
         return len(self.eval) * self.block_size
-
-
-def list_files(paths: list[Path]) -> tuple[list[str], list[str]]:
-    """(text files, JSONL files). A directory contributes its text and .jsonl files, recursively;
-    a file named explicitly is JSONL if it ends in .jsonl and text otherwise."""
-    text, jsonl = [], []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                           and p.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES)
-            if not found:
-                raise TrainError(f"{path} holds no {', '.join(sorted(TEXT_SUFFIXES | JSONL_SUFFIXES))} files")
-        else:
-            found = [path]
-        for file in found:
-            (jsonl if file.suffix in JSONL_SUFFIXES else text).append(str(file))
-    return text, jsonl
 
 
 def load_documents(paths: list[Path], text_field: str = "text", unit: str = "document"):
@@ -78,7 +59,8 @@ def load_jsonl(files: list[str], text_field: str):
     import datasets
 
     try:
-        docs = datasets.load_dataset("json", data_files=files, split="train")
+        with quiet(datasets):  # it logs its parse error; ours below says where
+            docs = datasets.load_dataset("json", data_files=files, split="train")
     except Exception as exc:
         raise TrainError(find_bad_json_line(files, text_field) or f"cannot read {', '.join(files)}: "
                          f"{root_cause(exc)}") from exc
@@ -91,6 +73,16 @@ def load_jsonl(files: list[str], text_field: str):
         else docs.select_columns(["text"])
 
 
+@contextmanager
+def quiet(datasets):
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+
+
 def find_bad_json_line(files: list[str], text_field: str) -> str | None:
     """The first line that is not a JSON object with a string `text_field`, as an error message.
     Read only after the fast reader failed, to say where."""
@@ -100,9 +92,9 @@ def find_bad_json_line(files: list[str], text_field: str) -> str | None:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as exc:
-                    return f"{file} line {number}: not valid JSON ({exc.msg})"
+                    return f"{file} line {number}: not valid JSON ({exc.msg}, column {exc.colno})"
                 if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                     return f"{file} line {number}: not a JSON object with a string {text_field!r} field"
     return None

@@ -1,11 +1,14 @@
 """What one training run is asked to do, checked before anything heavy is loaded."""
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # GPT-2 small: what a model trained from scratch looks like unless told otherwise
 DEFAULT_SHAPE = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
+JSONL_SUFFIXES = {".jsonl"}
 
 
 class TrainError(ValueError):
@@ -77,9 +80,56 @@ def check_spec(spec: TrainSpec) -> None:
     for path in [*spec.data, *spec.eval_data]:
         if not path.exists():
             raise TrainError(f"no such file or directory: {path}")
+    for paths in (spec.data, spec.eval_data):
+        files = [f for group in list_files(paths) for f in group]
+        if files and all(blank(f) for f in files):
+            raise TrainError(f"no text in {', '.join(str(p) for p in paths)}: every file is empty")
     if spec.config is not None and not spec.config.is_file():
         raise TrainError(f"no such config file: {spec.config}")
+    context = known_context(spec)
+    if spec.block_size is not None and context is not None and spec.block_size > context:
+        raise TrainError(f"--block-size {spec.block_size} is above the model's context of {context} tokens "
+                         f"(n_positions)")
     check_output(spec)
+
+
+def list_files(paths: list[Path]) -> tuple[list[str], list[str]]:
+    """(text files, JSONL files). A directory contributes its text and .jsonl files, recursively;
+    a file named explicitly is JSONL if it ends in .jsonl and text otherwise."""
+    text, jsonl = [], []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                           and p.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES)
+            if not found:
+                raise TrainError(f"{path} holds no {', '.join(sorted(TEXT_SUFFIXES | JSONL_SUFFIXES))} files")
+        else:
+            found = [path]
+        for file in found:
+            (jsonl if file.suffix in JSONL_SUFFIXES else text).append(str(file))
+    return text, jsonl
+
+
+def blank(file: str) -> bool:
+    """Nothing but white space (read only up to the first character that is not)."""
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def known_context(spec: TrainSpec) -> int | None:
+    """n_positions of the starting model, when a JSON file says it (None for a hub id: checked later)."""
+    if spec.from_scratch and spec.context is not None:
+        return spec.context
+    config = spec.config if spec.from_scratch else Path(spec.start) / "config.json"
+    if spec.from_scratch and config is None:
+        return DEFAULT_SHAPE["n_positions"]
+    try:
+        return int(json.loads(config.read_text()).get("n_positions", 1024))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def check_output(spec: TrainSpec) -> None:

@@ -37,11 +37,10 @@ def run(spec: TrainSpec) -> dict:
     tokenizer = model.load_tokenizer(spec)
     config = model.model_config(spec, len(tokenizer))
     block_size = model.block_size(spec, config)
-    state.wait_for_everyone()  # every rank has checked the output directory before rank 0 touches it
-    if state.is_main_process:
-        prepare_output(spec)
     with state.main_process_first():  # rank 0 tokenizes into the datasets cache, the others read it
         blocks = data.prepare(spec, tokenizer, block_size)
+    if state.is_main_process:  # all input is good: only now is anything written
+        prepare_output(spec)
     unigram = None
     if state.is_main_process:
         unigram = data.unigram_perplexity(blocks.train, blocks.eval, len(tokenizer))
