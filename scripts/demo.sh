@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 DEMO_DIR=${DEMO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gpt2-serve/demo}
 DEMO_BUDGET=${DEMO_BUDGET:-14m}
-DEMO_STEPS=${DEMO_STEPS:-2200}
+DEMO_STEPS=${DEMO_STEPS:-800}
 PYTHON=${PYTHON:-.venv/bin/python}
 GPT2_SERVE=${GPT2_SERVE:-.venv/bin/gpt2-serve}
 CORPUS=$DEMO_DIR/demo-corpus
@@ -34,8 +34,8 @@ fi
 echo "== 2. train a 4-layer GPT-2 from scratch (budget $DEMO_BUDGET; load now: $(cut -d' ' -f1-3 /proc/loadavg))"
 "$GPT2_SERVE" train "$CORPUS/train.jsonl" --eval-data "$CORPUS/eval.jsonl" -o "$MODEL" --overwrite \
     --n-layer 4 --n-embd 128 --n-head 4 --context 256 --block-size 256 \
-    --batch-size 8 --lr 2e-3 --warmup 100 --weight-decay 0.1 --max-steps "$DEMO_STEPS" \
-    --time-budget "$DEMO_BUDGET" --eval-every 200 --precision bf16 --seed 1
+    --batch-size 4 --lr 2e-3 --warmup 50 --weight-decay 0.1 --max-steps "$DEMO_STEPS" \
+    --time-budget "$DEMO_BUDGET" --eval-every 100 --eval-batches 16 --precision bf16 --seed 1
 
 echo "== 3. serve it and complete two prompts"
 port=${DEMO_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}

@@ -42,7 +42,8 @@ def train(
                                            "best checkpoint.")] = None,
     eval_every: Annotated[int | None, Opt(min=1, help="Evaluate and checkpoint every N steps (default: 10 "
                                           "times per run).")] = None,
-    eval_batches: Annotated[int | None, Opt(min=1, help="Evaluate on at most N batches of the held-out set.")] = None,
+    eval_batches: Annotated[int | None, Opt(min=1, help="Evaluate during training on at most N batches of the "
+                                            "held-out set (the final evaluation uses all of it).")] = None,
     patience: Annotated[int, Opt(min=0, help="Early stopping: stop after N evaluations without a lower held-out "
                                  "loss (0: never).")] = 0,
     precision: Annotated[str, Opt(help="auto (bf16 or fp16 on a GPU, fp32 on a CPU), fp32, bf16 or fp16.")] = "auto",

@@ -57,7 +57,8 @@ def run(spec: TrainSpec) -> dict:
         f"{steps:,} steps of {per_step:,} tokens on {state.num_processes} process(es)")
 
     trainer.train(resume_from_checkpoint=True if spec.resume else None)
-    final = trainer.evaluate()  # the kept model: the checkpoint with the lowest held-out loss
+    # the kept model (the checkpoint with the lowest held-out loss) on the whole held-out set
+    final = trainer.evaluate(eval_dataset=blocks.eval)
     trainer.save_model(str(spec.output))
     summary = None
     if state.is_main_process:
@@ -93,7 +94,8 @@ def build_trainer(spec: TrainSpec, lm, tokenizer, blocks, world_size: int):
     eval_every = spec.eval_every or max(1, steps // 10)
     held_out = blocks.eval
     if spec.eval_batches:
-        held_out = held_out.select(range(min(len(held_out), spec.eval_batches * spec.batch_size * world_size)))
+        keep = min(len(held_out), spec.eval_batches * spec.batch_size * world_size)
+        held_out = held_out.shuffle(seed=spec.seed).select(range(keep))  # a sample of all of it, not its start
     callbacks = [Monitor(spec.output / "metrics.jsonl"), Finish(spec.time_budget)]
     if spec.patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.patience))
@@ -119,7 +121,7 @@ def training_arguments(spec: TrainSpec, steps: int, eval_every: int):
             optim="adamw_torch", learning_rate=spec.lr or (5e-5 if spec.start else 6e-4),
             weight_decay=spec.weight_decay, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=spec.max_grad_norm,
             lr_scheduler_type="cosine", warmup_steps=spec.warmup,
-            **precision_flags(spec.precision), gradient_checkpointing=spec.gradient_checkpointing,
+            **precision_flags(spec.precision), **checkpointing_flag(TrainingArguments, spec.gradient_checkpointing),
             seed=spec.seed, data_seed=spec.seed,
             logging_steps=max(1, min(eval_every, steps // 100)), logging_first_step=True,
             eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
@@ -129,6 +131,12 @@ def training_arguments(spec: TrainSpec, steps: int, eval_every: int):
             use_cpu=cpu_only(), dataloader_pin_memory=torch.cuda.is_available(), ddp_find_unused_parameters=False)
     except ValueError as exc:  # e.g. fp16 or bf16 the device cannot do
         raise TrainError(str(exc).splitlines()[0]) from exc
+
+
+def checkpointing_flag(arguments_class, on: bool) -> dict:
+    """Activation (gradient) checkpointing, under the name this transformers has (renamed in 5.x)."""
+    new_name = "activation_checkpointing" in arguments_class.__dataclass_fields__
+    return {"activation_checkpointing" if new_name else "gradient_checkpointing": on}
 
 
 def precision_flags(name: str) -> dict:
@@ -176,7 +184,7 @@ def finish_output(spec, trainer, tokenizer, blocks, config, final, unigram, moni
         "shape": {k: getattr(config, k) for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")},
         "data": {"files": [str(p) for p in spec.data], "eval_files": [str(p) for p in spec.eval_data],
                  "documents": blocks.documents, "block_size": blocks.block_size,
-                 "train_tokens": blocks.train_tokens, "eval_tokens": len(trainer.eval_dataset) * blocks.block_size},
+                 "train_tokens": blocks.train_tokens, "eval_tokens": blocks.eval_tokens},
         "steps": trainer.state.global_step, "tokens_seen": trainer.state.num_input_tokens_seen,
         "epochs": round(trainer.state.epoch or 0.0, 3),
         "train_seconds": round(monitor.train_seconds, 1), "wall_seconds": round(time.monotonic() - started, 1),
