@@ -76,6 +76,9 @@ def block_size(spec: TrainSpec, config) -> int:
 def build_model(spec: TrainSpec, config):
     from transformers import GPT2LMHeadModel
 
-    if spec.start:
-        return GPT2LMHeadModel.from_pretrained(spec.start, config=config)
-    return GPT2LMHeadModel(config)
+    lm = GPT2LMHeadModel.from_pretrained(spec.start, config=config) if spec.start else GPT2LMHeadModel(config)
+    # transformers derives the loss type from the class name, and "GPT2LMHeadModel" matches none, so
+    # the Trainer would count every label as a target (T per block, not the T - 1 the shifted loss
+    # has) and report, and train on, losses (T - 1) / T too small. Say what the loss is.
+    lm.loss_type = "ForCausalLM"
+    return lm

@@ -57,16 +57,35 @@ def run(spec: TrainSpec) -> dict:
         f"{steps:,} steps of {per_step:,} tokens on {state.num_processes} process(es)")
 
     trainer.train(resume_from_checkpoint=True if spec.resume else None)
-    # the kept model (the checkpoint with the lowest held-out loss) on the whole held-out set
-    final = trainer.evaluate(eval_dataset=blocks.eval)
-    trainer.save_model(str(spec.output))
+    trainer.save_model(str(spec.output))  # the checkpoint with the lowest held-out loss
     summary = None
     if state.is_main_process:
         monitor = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Monitor))
-        summary = finish_output(spec, trainer, tokenizer, blocks, config, final, unigram, monitor, started)
+        eval_loss = held_out_loss(spec.output, blocks.eval, spec.batch_size, trainer.args.device)
+        with (spec.output / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": trainer.state.global_step, "final_eval_loss": eval_loss,
+                                "final_eval_perplexity": perplexity(eval_loss)}) + "\n")
+        summary = finish_output(spec, trainer, tokenizer, blocks, config, eval_loss, unigram, monitor, started)
         say(card.summary_text(summary))
     state.wait_for_everyone()
     return summary
+
+
+def held_out_loss(model_dir: Path, held_out, batch_size: int, device) -> float:
+    """Mean next-token loss of the saved model on every held-out block, in float32: the figure is
+    that of the files the server will load, whatever precision training ran in."""
+    import torch
+    from transformers import GPT2LMHeadModel, default_data_collator
+
+    lm = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    batches = torch.utils.data.DataLoader(held_out, batch_size=batch_size, collate_fn=default_data_collator)
+    total, blocks = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            n = len(batch["input_ids"])  # every block has the same number of targets
+            total += lm(**{k: v.to(device) for k, v in batch.items()}).loss.item() * n
+            blocks += n
+    return total / blocks
 
 
 def quiet_tied_head_warning(record) -> bool:
@@ -169,7 +188,7 @@ def prepare_output(spec: TrainSpec) -> None:
             metrics.write_text("".join(line + "\n" for line in lines))
 
 
-def finish_output(spec, trainer, tokenizer, blocks, config, final, unigram, monitor, started) -> dict:
+def finish_output(spec, trainer, tokenizer, blocks, config, eval_loss, unigram, monitor, started) -> dict:
     """Tokenizer files the server reads, summary.json, loss.png and the model card."""
     out = spec.output
     tokenizer.model_max_length = config.n_positions
@@ -178,7 +197,6 @@ def finish_output(spec, trainer, tokenizer, blocks, config, final, unigram, moni
     for name in ("vocab.json", "merges.txt"):
         if (source / name).is_file():
             shutil.copy(source / name, out / name)
-    eval_loss = final["eval_loss"]
     summary = {
         "output": str(out), "start": spec.start or "scratch", "parameters": trainer.model.num_parameters(),
         "shape": {k: getattr(config, k) for k in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size")},
