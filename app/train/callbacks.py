@@ -87,29 +87,21 @@ class Monitor(TrainerCallback):
 
 
 class Finish(TrainerCallback):
-    """Evaluate and save the last step (so the best-model choice sees it) and stop at the time budget.
+    """Log, evaluate and save the last step (so the best-model choice sees it) and stop at the time
+    budget. The clock is shared with the learning-rate schedule and agreed on by all ranks, so
+    every rank stops at the same step."""
 
-    Under DDP every rank must stop at the same step, so the ranks agree (all_reduce MAX) whether
-    any of them is over budget rather than each reading its own clock."""
-
-    def __init__(self, time_budget: float | None):
-        self.time_budget = time_budget
-        self.started = 0.0
+    def __init__(self, clock):
+        self.clock = clock
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.monotonic()
+        self.clock.start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.time_budget is not None and self.over_budget():
+        if self.clock.budget_s is not None and self.clock.fraction() >= 1.0:
             control.should_training_stop = True
         if control.should_training_stop or state.global_step >= state.max_steps:
-            control.should_evaluate = control.should_save = True
-
-    def over_budget(self) -> bool:
-        over = torch.tensor([float(time.monotonic() - self.started >= self.time_budget)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
-        return bool(over.item())
+            control.should_log = control.should_evaluate = control.should_save = True
 
 
 class GradientDump(TrainerCallback):

@@ -78,6 +78,7 @@ def held_out_loss(model_dir: Path, held_out, batch_size: int, device) -> float:
     from transformers import GPT2LMHeadModel, default_data_collator
 
     lm = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    lm.loss_type = "ForCausalLM"  # see model.build_model
     batches = torch.utils.data.DataLoader(held_out, batch_size=batch_size, collate_fn=default_data_collator)
     total, blocks = 0.0, 0
     with torch.no_grad():
@@ -106,7 +107,9 @@ def tokens_per_step(spec: TrainSpec, block_size: int, world_size: int) -> int:
 
 
 def build_trainer(spec: TrainSpec, lm, tokenizer, blocks, world_size: int):
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, default_data_collator
+    from transformers import EarlyStoppingCallback, PrinterCallback, default_data_collator
+
+    from app.train.schedule import BudgetTrainer, Clock
 
     batches_per_epoch = math.ceil(len(blocks.train) / (spec.batch_size * world_size))
     steps = spec.max_steps or max(1, math.ceil(spec.epochs * batches_per_epoch / spec.grad_accum))
@@ -115,14 +118,15 @@ def build_trainer(spec: TrainSpec, lm, tokenizer, blocks, world_size: int):
     if spec.eval_batches:
         keep = min(len(held_out), spec.eval_batches * spec.batch_size * world_size)
         held_out = held_out.shuffle(seed=spec.seed).select(range(keep))  # a sample of all of it, not its start
-    callbacks = [Monitor(spec.output / "metrics.jsonl"), Finish(spec.time_budget)]
+    clock = Clock(spec.time_budget)
+    callbacks = [Monitor(spec.output / "metrics.jsonl"), Finish(clock)]
     if spec.patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.patience))
     if dump_requested():
         callbacks.append(GradientDump(dump_requested()))
-    trainer = Trainer(model=lm, args=training_arguments(spec, steps, eval_every), train_dataset=blocks.train,
-                      eval_dataset=held_out, data_collator=default_data_collator, processing_class=tokenizer,
-                      callbacks=callbacks)
+    trainer = BudgetTrainer(model=lm, args=training_arguments(spec, steps, eval_every), train_dataset=blocks.train,
+                            eval_dataset=held_out, data_collator=default_data_collator, processing_class=tokenizer,
+                            callbacks=callbacks, clock=clock)
     trainer.remove_callback(PrinterCallback)  # Monitor prints instead
     return trainer
 
@@ -136,7 +140,8 @@ def training_arguments(spec: TrainSpec, steps: int, eval_every: int):
             output_dir=str(spec.output / "checkpoints"),
             per_device_train_batch_size=spec.batch_size, per_device_eval_batch_size=spec.batch_size,
             gradient_accumulation_steps=spec.grad_accum, max_steps=steps,
-            # AdamW with GPT-2/3's betas, linear warm-up then cosine decay to zero
+            # AdamW with GPT-2/3's betas, linear warm-up then cosine decay to zero (by the time budget
+            # too, if there is one: schedule.py)
             optim="adamw_torch", learning_rate=spec.lr or (5e-5 if spec.start else 6e-4),
             weight_decay=spec.weight_decay, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=spec.max_grad_norm,
             lr_scheduler_type="cosine", warmup_steps=spec.warmup,

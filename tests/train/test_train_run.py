@@ -123,15 +123,20 @@ def test_resume_retraces_the_uninterrupted_run(trained, tmp_path, corpus, run_tr
 
 
 def test_two_ddp_processes_take_the_same_first_step(trained, tmp_path, corpus, run_train):
-    """torchrun, 2 processes x 2 blocks x 2 accumulated batches = the single run's 8 blocks a step."""
+    """torchrun, 2 processes x 2 blocks x 2 accumulated batches = the single run's 8 blocks a step.
+    The run is cut by a time budget, which both ranks must agree on (else one hangs) and which the
+    learning-rate schedule must have decayed to by then (it would be near its peak by steps)."""
     work, _, _ = trained
     ddp_args = list(RUN)
     ddp_args[ddp_args.index("--batch-size") + 1] = "2"
-    ddp_args[ddp_args.index("--max-steps") + 1] = "2"
-    ddp_args[ddp_args.index("--eval-every") + 1] = "2"
-    result = run_train(corpus, "-o", tmp_path / "model", *ddp_args, processes=2,
+    ddp_args[ddp_args.index("--max-steps") + 1] = "100000"
+    ddp_args[ddp_args.index("--eval-every") + 1] = "100000"
+    result = run_train(corpus, "-o", tmp_path / "model", *ddp_args, "--time-budget", "8s", processes=2,
                        env={DUMP: str(tmp_path / "ddp")})
     assert result.returncode == 0, result.stderr[-3000:]
+    last = [r for r in metrics(tmp_path / "model") if "loss" in r][-1]
+    assert 3 <= last["step"] < 100000
+    assert last["learning_rate"] < 0.25 * 1e-2  # peak 1e-2; by steps it would still be above 0.99 of it
     single = torch.load(work / "single.rank0.pt")
     ranks = [torch.load(tmp_path / f"ddp.rank{r}.pt") for r in (0, 1)]
     assert single["world_size"] == 1 and [d["world_size"] for d in ranks] == [2, 2]
