@@ -57,6 +57,14 @@ def main(out: Path, verses_file: Path | None) -> None:
     for i, doc in enumerate(docs, 1):
         splits["eval" if i % HELD_OUT_EVERY == 0 else "train"].append(doc)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text(
+        "# The King James Bible, split for `gpt2-serve train` (made by scripts/demo_corpus.py)\n\n"
+        "Source: Debian's bible-kjv-text (the `bible` program of bible-kjv); the 1611 text is in the public "
+        "domain.\nOne document per chapter (1,189), verse references dropped; every 20th chapter in Bible "
+        "order is held out whole.\nParallel passages (Kings/Chronicles, the Gospels) mean some held-out "
+        "sentences have near-copies in training.\n\ntrain.jsonl / eval.jsonl: one chapter per line, "
+        '{"text", "id"} (what `gpt2-serve train` reads); train.txt / eval.txt: the same chapters, '
+        "blank-line separated.\n")
     for name, part in splits.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in part))
         (out / f"{name}.txt").write_text("\n\n".join(d["text"] for d in part) + "\n")

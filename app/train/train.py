@@ -39,10 +39,9 @@ def run(spec: TrainSpec) -> dict:
     block_size = model.block_size(spec, config)
     with state.main_process_first():  # rank 0 tokenizes into the datasets cache, the others read it
         blocks = data.prepare(spec, tokenizer, block_size)
-    if state.is_main_process:  # all input is good: only now is anything written
-        prepare_output(spec)
     unigram = None
     if state.is_main_process:
+        prepare_output(spec)  # all input is good: only now is anything written
         unigram = data.unigram_perplexity(blocks.train, blocks.eval, len(tokenizer))
         print(f"data: {blocks.documents:,} documents -> {blocks.train_tokens:,} training tokens and "
               f"{blocks.eval_tokens:,} held-out tokens in blocks of {block_size}; add-one unigram baseline "
@@ -196,6 +195,8 @@ def prepare_output(spec: TrainSpec) -> None:
 def finish_output(spec, trainer, tokenizer, blocks, config, eval_loss, unigram, monitor, started) -> dict:
     """Tokenizer files the server reads, summary.json, loss.png and the model card."""
     out = spec.output
+    # safetensors writes the weights owner-only (0600); whoever serves them may be another user
+    (out / "model.safetensors").chmod(0o644)
     tokenizer.model_max_length = config.n_positions
     tokenizer.save_pretrained(str(out))  # tokenizer.json; transformers 5 no longer writes vocab/merges
     source = Path(model.tokenizer_dir(spec))
