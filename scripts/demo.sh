@@ -52,10 +52,14 @@ import sys
 import httpx
 
 url = f"http://127.0.0.1:{sys.argv[1]}/v1/completions"
-for prompt, knobs in [("And the king said unto", {"temperature": 0}),
-                      ("In the morning they went", {"temperature": 0.8, "top_p": 0.95, "seed": 1})]:
+# greedy decoding of a model this small falls into loops; a repetition penalty (still greedy) and
+# sampling show what it learned
+for prompt, knobs, kind in [
+        ("And the king said unto", {"temperature": 0}, "greedy"),
+        ("And the king said unto", {"temperature": 0, "repetition_penalty": 1.3}, "greedy, repetition_penalty 1.3"),
+        ("In the morning they went", {"temperature": 0.8, "top_p": 0.95, "seed": 1},
+         "sampled: temperature 0.8, top_p 0.95, seed 1")]:
     reply = httpx.post(url, json={"prompt": prompt, "max_tokens": 40, **knobs}, timeout=120).json()
-    kind = "greedy" if knobs["temperature"] == 0 else "sampled (temperature 0.8, top_p 0.95, seed 1)"
     print(f"--- {kind}\n{prompt}{reply['choices'][0]['text']}\n")
 EOF
 stop_server

@@ -27,8 +27,10 @@ def loss_plot(metrics_path: Path, png_path: Path) -> str | None:
         ax.plot(*zip(*train, strict=True), label="training loss", color="tab:blue", linewidth=1)
     if held_out:
         ax.plot(*zip(*held_out, strict=True), label="held-out loss", color="tab:orange", marker="o", markersize=3)
-        best = min(loss for _, loss in held_out)
-        ax.set_title(f"best held-out loss {best:.3f}")
+    final = [r for r in rows if "final_eval_loss" in r]
+    if final:  # the saved model on the whole held-out set, in float32
+        ax.set_title(f"kept model: held-out loss {final[-1]['final_eval_loss']:.3f}, "
+                     f"perplexity {final[-1]['final_eval_perplexity']:,.1f}")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("cross-entropy (nats per token)")
     ax.grid(alpha=0.3)
