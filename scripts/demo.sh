@@ -36,7 +36,7 @@ echo "== 2. train a 4-layer GPT-2 from scratch (budget $DEMO_BUDGET; load now: $
     --batch-size 4 --lr 3e-3 --warmup 50 --weight-decay 0.1 --max-steps "$DEMO_STEPS" \
     --time-budget "$DEMO_BUDGET" --eval-every 100 --eval-batches 16 --precision bf16 --seed 1
 
-echo "== 3. serve it and complete two prompts"
+echo "== 3. serve it and complete two prompts (greedy, greedy with a repetition penalty, sampled)"
 port=${DEMO_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 GPT2_MODEL=$MODEL GPT2_HOST=127.0.0.1 GPT2_PORT=$port GPT2_LOG_LEVEL=WARNING "$GPT2_SERVE" serve &
 server=$!
