@@ -47,6 +47,9 @@ def download() -> None:
 
 cli.command()(calibrate)
 # more commands (train, train-detector, bench) are registered here, one line each
+from app.train.cli import train  # noqa: E402  (light: the training stack loads when a run starts)
+
+cli.command()(train)
 
 
 def main() -> None:
