@@ -31,6 +31,8 @@ Which level each series counts at:
 
 from __future__ import annotations
 
+import bisect
+import collections
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -79,6 +81,14 @@ REJECTION_BY_CODE = {
 }
 # when no code was set (e.g. a chunked body over the limit, a FastAPI HTTPException)
 REJECTION_BY_STATUS = {400: "invalid", 401: "unauthorized", 413: "too_long", 429: "queue_full"}
+
+
+def observe_many(histogram: Histogram, amount: float, count: int) -> None:
+    """histogram.observe(amount), `count` times, for the price of one. prometheus_client has no
+    weighted observe; this does what Histogram.observe does (tests/unit/test_metrics.py checks
+    that the series are the same)."""
+    histogram._sum.inc(amount * count)
+    histogram._buckets[bisect.bisect_left(histogram._upper_bounds, amount)].inc(count)
 
 
 def rejection_reason(status: int, code: str | None) -> str | None:
@@ -215,9 +225,10 @@ class Metrics:
             if stats.phase in self._steps:  # "idle": a state report without a step
                 self._steps[stats.phase].observe(stats.duration)
                 self.batch_size.observe(stats.batch_size)
-                observe = self.inter_token_latency.observe
-                for latency in stats.inter_token_latencies:
-                    observe(latency)
+                # the sequences that decoded in the step before share one latency: observe each
+                # distinct value once, with its count (an observe() per token costs ~5 us)
+                for latency, count in collections.Counter(stats.inter_token_latencies).items():
+                    observe_many(self.inter_token_latency, latency, count)
         except Exception:
             self._log_failure()
 

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine process runs (app/service.py)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -182,8 +183,11 @@ def measure_server(command: list[str], env: dict, path: str, clients: int, new: 
     return out
 
 
-def serve_bare(port: int, new: int) -> None:
-    """A bare uvicorn + Starlette app that streams SSE chunks shaped like gpt2-serve's, no model."""
+def serve_bare(port: int, new: int, tick: float) -> None:
+    """A bare uvicorn + Starlette app that streams SSE chunks shaped like gpt2-serve's, no model.
+    With `tick` > 0 every stream sends its next chunk when a shared clock ticks, every `tick`
+    seconds, as gpt2-serve's streams do when an engine step ends; with 0, as fast as it can (the
+    socket buffers fill, and the transport then batches the writes: a lower floor)."""
     import uvicorn
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse, StreamingResponse
@@ -194,13 +198,29 @@ def serve_bare(port: int, new: int) -> None:
                                         {"index": 0, "text": " token", "logprobs": None, "finish_reason": None}]})
              + "\n\n").encode()
 
+    clock = {"step": None}
+
+    async def ticking() -> None:
+        while True:
+            await asyncio.sleep(tick)
+            step, clock["step"] = clock["step"], asyncio.get_running_loop().create_future()
+            step.set_result(None)
+
+    async def next_step() -> None:
+        if not tick:
+            return await asyncio.sleep(0)
+        if clock["step"] is None:
+            clock["step"] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().create_task(ticking())
+        await clock["step"]
+
     async def complete(request):
         body = json.loads(await request.body())
 
         async def chunks():
             for _ in range(body.get("max_tokens", new)):
+                await next_step()  # as a route waits for the engine between tokens
                 yield chunk
-                await asyncio.sleep(0)  # as a route waits for the engine between tokens
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
@@ -217,9 +237,12 @@ def through_http(model_dir: str, clients: int, new: int, rounds: int) -> tuple[d
                           {"GPT2_MODEL": model_dir, "GPT2_LOAD_FORMAT": "dummy", "GPT2_DEVICE": "cpu",
                            "GPT2_MAX_BATCH_SIZE": str(clients), "GPT2_MAX_QUEUE": str(clients)},
                           "/readyz", clients, new, rounds, with_engine=True)
-    bare = measure_server([sys.executable, __file__, "--serve-bare"], {}, "/readyz", clients, new, rounds,
-                          with_engine=False)
-    return ours, bare
+    bare = measure_server([sys.executable, __file__, "--serve-bare"], {"BARE_TICK": "0"}, "/readyz", clients, new,
+                          rounds, with_engine=False)
+    tick = clients / ours["tok_s"]  # the engine's step period in that run
+    paced = measure_server([sys.executable, __file__, "--serve-bare"], {"BARE_TICK": str(tick)}, "/readyz", clients,
+                           new, rounds, with_engine=False)
+    return ours, bare, {**paced, "tick_ms": tick * 1e3}
 
 
 # --- 3. GPT-2 small ------------------------------------------------------------------------------
@@ -240,7 +263,7 @@ def main() -> None:
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
-        return serve_bare(int(os.environ["BARE_PORT"]), args.new)
+        return serve_bare(int(os.environ["BARE_PORT"]), args.new, float(os.environ.get("BARE_TICK", "0")))
 
     import torch
 
@@ -256,14 +279,18 @@ def main() -> None:
             print(f"{n:9d} {r['decode_tok_s']:12.0f} {r['step_ms']:8.2f} {r['model_us']:9.2f} "
                   f"{r['sampler_us']:10.2f} {r['python_us']:9.2f}", flush=True)
         if not args.skip_http:
-            ours, bare = through_http(model_dir, args.clients, args.new, args.rounds)
+            ours, bare, paced = through_http(model_dir, args.clients, args.new, args.rounds)
             print(f"\nthrough HTTP: {args.clients} streaming clients x {args.new} tokens, {args.rounds} rounds "
                   "(CPU time per streamed token, all threads of the process)")
-            print(f"  gpt2-serve   API process {ours['api_us']:7.1f} us ({ours['api_system_us']:.1f} in the kernel)   "
-                  f"engine process {ours['engine_us']:7.1f} us   {ours['tok_s']:8.0f} tok/s")
-            print(f"  bare SSE     API process {bare['api_us']:7.1f} us ({bare['api_system_us']:.1f} in the kernel)   "
-                  f"(the floor)                  {bare['tok_s']:8.0f} tok/s")
-            print(f"  API process / floor: {ours['api_us'] / bare['api_us']:.2f}x")
+            print(f"  gpt2-serve          API process {ours['api_us']:6.1f} us ({ours['api_system_us']:.1f} in the "
+                  f"kernel)   engine process {ours['engine_us']:6.1f} us   {ours['tok_s']:7.0f} tok/s")
+            print(f"  bare SSE, unpaced   API process {bare['api_us']:6.1f} us ({bare['api_system_us']:.1f} in the "
+                  f"kernel)   {bare['tok_s']:7.0f} tok/s")
+            print(f"  bare SSE, paced     API process {paced['api_us']:6.1f} us ({paced['api_system_us']:.1f} in the "
+                  f"kernel)   {paced['tok_s']:7.0f} tok/s (a chunk per stream every {paced['tick_ms']:.1f} ms, "
+                  "gpt2-serve's step period)")
+            print(f"  API process / floor: {ours['api_us'] / bare['api_us']:.2f}x unpaced, "
+                  f"{ours['api_us'] / paced['api_us']:.2f}x paced")
     if args.gpt2:
         gpt2_small()
 

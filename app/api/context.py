@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import AppState
+from app.api.disconnect import ClientDisconnected
 from app.api.errors import error_response
 from app.api.record import RequestRecord
 
@@ -80,6 +81,8 @@ class RequestContextMiddleware:
             self.state.key_in_flight[key] = self.state.key_in_flight.get(key, 0) + 1
         try:
             await self.app(scope, receive_limited, send_with_id)
+        except ClientDisconnected:
+            pass  # its work was stopped; there is no one to answer (the request counts as aborted, 499)
         except Exception:
             if started:  # a stream broke mid-way: nothing can be answered any more
                 raise

@@ -13,6 +13,10 @@ def time_limit(settings: Settings, asked: float | None) -> float:
     return settings.request_timeout if asked is None else min(asked, settings.request_timeout)
 
 
+class ClientDisconnected(Exception):
+    """The client went away while its request was worked on: nobody to answer (see context.py)."""
+
+
 def timed_out(seconds: float) -> APIError:
     return APIError(504, f"the request did not finish within {seconds:g} s (its `timeout`, or GPT2_REQUEST_TIMEOUT) "
                     "and was stopped; ask for less work or a longer timeout", code="timeout")
@@ -29,7 +33,7 @@ async def until_done_or_disconnected(work, request: Request, timeout: float) -> 
             raise timed_out(timeout)
         if task not in done:
             task.cancel()
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnected()
         task.result()
     finally:
         watcher.cancel()

@@ -188,7 +188,7 @@ class EngineClient:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.connect(address)
         self._send(Hello(records_step_stats))
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._receive()), loop.create_task(self._watch())]
         if process is not None:
             loop.add_reader(process.process.sentinel, self._on_process_exit)
@@ -246,8 +246,8 @@ class EngineClient:
             self._send(AbortRequests(ids))
 
     def inject(self, fault: Fault) -> None:
-        """Make the engine misbehave (tests and chaos drills only)."""
-        self._send(fault)
+        """Make the engine misbehave (tests and chaos drills only; may be called from any thread)."""
+        self._loop.call_soon_threadsafe(self._send, fault)
 
     @property
     def num_unfinished(self) -> int:

@@ -65,7 +65,7 @@ class Fault(msgspec.Struct, tag="fault", array_like=True, omit_defaults=True):
 ClientMessage = AddRequests | AbortRequests | Hello | Fault
 
 
-class EngineOutputs(msgspec.Struct, array_like=True, omit_defaults=True):
+class EngineOutputs(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     """What one step (or an abort) produced for one client. `stats` goes to the client that
     records them; a message with neither outputs nor stats is a heartbeat."""
 

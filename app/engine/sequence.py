@@ -1,7 +1,8 @@
 """What the engine knows about a request: its parameters, its state, and what it emits.
 
 The types that cross the process boundary (parameters in, outputs and stats out) are msgspec
-Structs: they encode to msgpack in microseconds. `Sequence` is the engine's own bookkeeping and
+Structs: they encode to msgpack in microseconds; those made per token are not tracked by the
+garbage collector (gc=False: they never form reference cycles). `Sequence` is the engine's own bookkeeping and
 never leaves the engine process.
 """
 
@@ -51,7 +52,7 @@ class FinishReason(str, enum.Enum):
     ERROR = "error"  # the step that ran it failed, or the engine died
 
 
-class TokenLogprob(msgspec.Struct, array_like=True):
+class TokenLogprob(msgspec.Struct, array_like=True, gc=False):
     """The logprob of one chosen token and, when asked, the top alternatives at its position."""
 
     token_id: int
@@ -60,7 +61,7 @@ class TokenLogprob(msgspec.Struct, array_like=True):
     top: list[tuple[int, float]] = []
 
 
-class PromptScores(msgspec.Struct, array_like=True):
+class PromptScores(msgspec.Struct, array_like=True, gc=False):
     """Scores of prompt tokens f..n-1 (f = SamplingParams.prompt_logprobs_from, 1 by default: token
     0 has nothing before it), each given the tokens before it. Lists are aligned: entry i is
     about prompt token f + i."""
@@ -79,7 +80,7 @@ class PromptScores(msgspec.Struct, array_like=True):
         self.logprob_variance += other.logprob_variance
 
 
-class RequestOutput(msgspec.Struct, array_like=True, omit_defaults=True):
+class RequestOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     """What one engine step produced for one request: zero or one new token, plus, when the
     prompt has just been scored, its scores; `finish_reason` is set on the last output."""
 

@@ -4,7 +4,7 @@ to the API process, where app/metrics.py turns them into Prometheus series."""
 import msgspec
 
 
-class RequestStats(msgspec.Struct, array_like=True):
+class RequestStats(msgspec.Struct, array_like=True, gc=False):
     """One finished sequence, as the engine saw it (times in seconds)."""
 
     request_id: str
@@ -17,7 +17,7 @@ class RequestStats(msgspec.Struct, array_like=True):
     scored_tokens: int  # prompt tokens given a logprob
 
 
-class StepStats(msgspec.Struct, array_like=True):
+class StepStats(msgspec.Struct, array_like=True, gc=False):
     """One engine step, and the engine's state right after it."""
 
     phase: str  # prefill, decode or mixed; "idle" for a state report without a step

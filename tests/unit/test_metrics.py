@@ -26,6 +26,7 @@ from app.metrics import (
     REJECTION_REASONS,
     STEP_BUCKETS,
     Metrics,
+    observe_many,
     rejection_reason,
 )
 
@@ -81,6 +82,17 @@ def test_step_stats_become_phase_batch_and_inter_token_series():
     assert value(metrics, "gpt2_batch_size_sum") == 10
     assert value(metrics, "gpt2_inter_token_latency_seconds_count") == 6
     assert value(metrics, "gpt2_inter_token_latency_seconds_bucket", le="0.06") == 2
+
+
+def test_observe_many_is_observe_repeated():
+    once, many = Metrics(process_collectors=False), Metrics(process_collectors=False)
+    values = [0.0004, 0.001, 0.0011, 0.05, 0.05, 3.0, 200.0]  # on, between and beyond the bounds
+    for v in values:
+        for _ in range(3):
+            once.inter_token_latency.observe(v)
+        observe_many(many.inter_token_latency, v, 3)
+    series = [k for k in samples(once) if k[0].startswith("gpt2_inter_token_latency")]
+    assert len(series) > 20 and all(samples(once)[k] == pytest.approx(samples(many)[k]) for k in series)
 
 
 def test_a_broken_step_never_raises_into_the_engine(caplog):
