@@ -56,10 +56,16 @@ RUN python -m venv /opt/venv \
 # expand ${VARIANT} to the local stages torch-cpu/torch-cuda, runtime-cpu/runtime-cuda.
 # hadolint ignore=DL3006
 FROM torch-${VARIANT} AS builder
+# EXTRAS=train adds `gpt2-serve train` / `train-detector` (datasets, accelerate, ...): the image the
+# Kubernetes training Job runs (deploy/k8s/train-job.yaml); the serving image needs none of it.
+ARG EXTRAS=""
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --no-cache-dir . \
+# DL3013 (pin pip versions) does not apply: this installs the project itself, whose dependencies
+# are pinned to ranges in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" \
     && python -c "import app, torch; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------------

@@ -81,13 +81,18 @@ def install_guarded_docs(app: FastAPI, dependencies: list) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     state: AppState = app.state.gpt2
-    loading = asyncio.create_task(load_service(state, app.state.engine_handle))
+    handle, loading = app.state.engine_handle, None
+    if handle is None:  # load in the background: /healthz answers while the model loads
+        loading = asyncio.create_task(load_service(state, None))
+    else:  # one API process of several: the engine is up and connecting takes a second; accept
+        await load_service(state, handle)  # no connection before that (it would get a 503)
     try:
         yield
     finally:
-        loading.cancel()  # SIGTERM while loading: the engine process is killed at once
-        with contextlib.suppress(asyncio.CancelledError):
-            await loading
+        if loading is not None:
+            loading.cancel()  # SIGTERM while loading: the engine process is killed at once
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
         if state.service is not None:
             await state.service.engine.shutdown()
 
