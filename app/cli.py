@@ -35,6 +35,9 @@ def download() -> None:
 
 cli.command()(calibrate)
 # more commands (train, train-detector, bench) are registered here, one line each
+from app.detect.cli import train_detector  # noqa: E402  (kept beside its registration)
+
+cli.command("train-detector")(train_detector)
 
 
 def main() -> None:

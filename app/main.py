@@ -17,6 +17,7 @@ from app.api.deps import AppState, check_api_key
 from app.api.errors import install_error_handlers
 from app.api.ui import install_ui
 from app.config import Settings
+from app.detect.judge import load_judge
 from app.engine.async_engine import AsyncEngine
 from app.metrics import install_metrics
 from app.service import Service, build_engine
@@ -69,6 +70,7 @@ async def load_service(state: AppState) -> None:
     async_engine = AsyncEngine()
     try:
         engine, tokenizer, info = await async_engine.call(build_engine, state.settings)
+        judge = load_judge(state.settings.detector, info)  # None without GPT2_DETECTOR; refuses another model's
     except Exception as exc:
         async_engine.stop()
         state.load_error = exc
@@ -77,7 +79,7 @@ async def load_service(state: AppState) -> None:
             state.on_fatal()
         return
     async_engine.start(engine)
-    state.service = Service(state.settings, info, tokenizer, async_engine)
+    state.service = Service(state.settings, info, tokenizer, async_engine, judge)
     for hook in state.on_ready:
         hook(state.service)
     log.info("ready: serving %s", info.name)

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from app.config import Settings
+from app.detect.judge import Judge
 from app.engine.async_engine import AsyncEngine
 from app.engine.engine import Engine
 from app.engine.scheduler import Scheduler
@@ -33,6 +34,7 @@ class Service:
     info: ModelInfo
     tokenizer: Tokenizer
     engine: AsyncEngine
+    judge: Judge | None = None  # GPT2_DETECTOR's trained judge (app/detect), checked against the model
 
 
 def build_engine(settings: Settings) -> tuple[Engine, Tokenizer, ModelInfo]:

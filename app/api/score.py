@@ -16,6 +16,8 @@ from app.api.disconnect import until_done_or_disconnected
 from app.api.errors import APIError
 from app.api.score_schemas import ScoreRequest, ScoreResponse, ScoreResult
 from app.api.submission import check, gather_all, submit_all
+from app.detect.features import features
+from app.detect.judge import Judge
 from app.engine.async_engine import RequestStream
 from app.engine.sequence import PromptScores
 from app.engine.stats import RequestStats
@@ -67,7 +69,8 @@ async def create_score(body: ScoreRequest, request: Request, service: ServiceDep
     request.state.engine_stats = [s for item in items for s in item.stats]
     sent = request.state.prompt_tokens
     return ScoreResponse(id=request_id, created=int(time.time()), model=service.info.name, data=results,
-                         usage=schemas.ScoreUsage(prompt_tokens=sent, scored_tokens=scored, total_tokens=sent))
+                         usage=schemas.ScoreUsage(prompt_tokens=sent, scored_tokens=scored, total_tokens=sent),
+                         detector=detector_info(service.judge))
 
 
 def tokenize(service: Service, text: str | list[int], context: str | list[int] | None) -> tuple[list[int], list[int]]:
@@ -155,7 +158,7 @@ def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScore
     out = ScoreResult(index=item.index, num_context_tokens=len(item.context_ids), num_tokens=summary.num_tokens,
                       sum_logprob=summary.sum_logprob, mean_logprob=summary.mean_logprob,
                       perplexity=summary.perplexity, is_greedy=summary.is_greedy, num_windows=len(item.windows),
-                      detection=detection_of(summary))
+                      detection=detection_of(summary, judge_verdict(service.judge, merged, summary)))
     if not body.return_tokens:
         return out
     pad = [] if item.context_ids else [None]  # the first token has nothing before it
@@ -173,5 +176,23 @@ def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScore
     return out
 
 
-def detection_of(summary: Summary) -> schemas.Detection | None:
-    return None if summary.detection is None else schemas.Detection.model_validate(asdict(summary.detection))
+def detection_of(summary: Summary, judge: schemas.JudgeVerdict | None = None) -> schemas.Detection | None:
+    if summary.detection is None:
+        return None
+    return schemas.Detection.model_validate({**asdict(summary.detection), "judge": judge})
+
+
+# --- the trained judge (GPT2_DETECTOR; app/detect) ------------------------------------------------
+def judge_verdict(judge: Judge | None, merged: PromptScores, summary: Summary) -> schemas.JudgeVerdict | None:
+    """The judge's verdict on one input, from the scores of the same forward pass: its features are
+    the ones `gpt2-serve train-detector` computes from this route's response."""
+    if judge is None or summary.detection is None or len(merged.entropy) != len(merged.token_logprobs):
+        return None
+    x = features(merged.token_logprobs, merged.ranks, merged.entropy, summary.detection.fast_detect_gpt)
+    return schemas.JudgeVerdict.model_validate(judge.verdict(x))
+
+
+def detector_info(judge: Judge | None) -> schemas.DetectorInfo:
+    if judge is None:
+        return schemas.DetectorInfo(loaded=False, message=schemas.NO_JUDGE)
+    return schemas.DetectorInfo(loaded=True, name=judge.name, threshold=judge.threshold)
