@@ -53,6 +53,9 @@ def train_detector(
     field: Annotated[str, typer.Option(help="Key of the text in .jsonl objects.")] = "text",
     max_tokens: Annotated[int, typer.Option(min=2, help="Cut every text to its first N tokens.")] = 256,
     min_tokens: Annotated[int, typer.Option(min=2, help="Leave out texts shorter than N tokens.")] = 32,
+    chunk: Annotated[bool, typer.Option(help="Split long texts into consecutive --max-tokens pieces instead of "
+                                        "keeping only the first (pieces of one text stay on one side of the "
+                                        "split).")] = False,
     prompt_tokens: Annotated[int, typer.Option(min=1, help="Tokens of a human text that prompt a generated one "
                                                "(and start it).")] = 16,
     test_fraction: Annotated[float, typer.Option(min=0.05, max=0.9, help="Share held out for the report.")] = 0.25,
@@ -92,11 +95,11 @@ def train_detector(
     if machine and not machine_texts:
         fail(f"--machine: no texts in {', '.join(map(str, machine))}")
 
-    options = {"max_tokens": max_tokens, "min_tokens": min_tokens, "prompt_tokens": prompt_tokens,
+    options = {"max_tokens": max_tokens, "min_tokens": min_tokens, "chunk": chunk, "prompt_tokens": prompt_tokens,
                "decodings": decodings if generate else [], "test_fraction": test_fraction, "seed": seed}
     with score_client(url, api_key, timeout, detector=None) as client:
         identity = ModelIdentity(**data.model_identity(client))
-        examples, human_ids = read_examples(client, human_texts, machine_texts, max_tokens, min_tokens)
+        examples, human_ids = read_examples(client, human_texts, machine_texts, max_tokens, min_tokens, chunk)
         if generate and human_ids:
             with progress(generate, "generating") as bar:
                 examples += data.generate(client, human_ids, generate, decodings, prompt_tokens, seed, workers,
@@ -122,11 +125,12 @@ def train_detector(
     return figures.report
 
 
-def read_examples(client, human: list[str], machine: list[str], max_tokens: int,
-                  min_tokens: int) -> tuple[list[Example], dict[int, list[int]]]:
-    """The texts cut to the token budget, as examples, and the human texts' token ids by group."""
-    kept = data.cut(client, human, max_tokens, min_tokens)
+def read_examples(client, human: list[str], machine: list[str], max_tokens: int, min_tokens: int,
+                  chunk: bool) -> tuple[list[Example], list[tuple[int, list[int]]]]:
+    """The texts cut to the token budget (pieces of one text share its group), as examples, and the
+    human ones' (group, token ids)."""
+    kept = data.cut(client, human, max_tokens, min_tokens, chunk=chunk)
     examples = [Example(text, HUMAN, "human", i) for i, text, _ in kept]
     examples += [Example(text, MACHINE, "file", len(human) + i)
-                 for i, text, _ in data.cut(client, machine, max_tokens, min_tokens)]
-    return examples, {i: ids for i, _, ids in kept}
+                 for i, text, _ in data.cut(client, machine, max_tokens, min_tokens, chunk=chunk)]
+    return examples, [(i, ids) for i, _, ids in kept]

@@ -97,36 +97,41 @@ def model_identity(client) -> dict:
             "load_format": card["load_format"]}
 
 
-def cut(client, texts: list[str], max_tokens: int, min_tokens: int,
-        last: bool = False) -> list[tuple[int, str, list[int]]]:
-    """(index, text, token ids) of each text cut to its first (or `last`) max_tokens tokens; texts
+def cut(client, texts: list[str], max_tokens: int, min_tokens: int, last: bool = False,
+        chunk: bool = False) -> list[tuple[int, str, list[int]]]:
+    """(index of the text, text, token ids) of each text cut to its first (or `last`) max_tokens
+    tokens, or with `chunk` of every consecutive max_tokens-token piece of it; texts (pieces)
     shorter than min_tokens are left out."""
     out = []
     for index, text in enumerate(texts):
         ids = _post(client, "/tokenize", {"prompt": text})["tokens"]
-        if len(ids) < min_tokens:
-            continue
-        if len(ids) > max_tokens:
-            ids = ids[-max_tokens:] if last else ids[:max_tokens]
-            text = _post(client, "/detokenize", {"tokens": ids})["prompt"]
-        out.append((index, text, ids))
+        if len(ids) <= max_tokens:
+            pieces = [ids]
+        elif chunk:
+            pieces = [ids[start : start + max_tokens] for start in range(0, len(ids), max_tokens)]
+        else:
+            pieces = [ids[-max_tokens:] if last else ids[:max_tokens]]
+        for piece in pieces:
+            if len(piece) >= min_tokens:
+                piece_text = text if piece is ids else _post(client, "/detokenize", {"tokens": piece})["prompt"]
+                out.append((index, piece_text, piece))
     return out
 
 
-def generate(client, human: dict[int, list[int]], count: int, decodings: list[str], prompt_tokens: int, seed: int,
-             workers: int, progress: Callable[[int], object] | None = None) -> list[Example]:
+def generate(client, human: list[tuple[int, list[int]]], count: int, decodings: list[str], prompt_tokens: int,
+             seed: int, workers: int, progress: Callable[[int], object] | None = None) -> list[Example]:
     """`count` machine texts: the served model continues the first `prompt_tokens` tokens of a human
-    text (group -> token ids; chosen in turn, shuffled) to that text's length, with the decoding
-    settings in turn. The machine text is the prompt's text followed by the completion, in the
-    human text's group."""
+    text ((group, token ids) pairs, taken in turn, shuffled) to that text's length, with the
+    decoding settings in turn. The machine text is the prompt's text followed by the completion,
+    in the human text's group."""
     rng = random.Random(seed)
-    order = sorted(human)
+    order = list(range(len(human)))
     rng.shuffle(order)
     jobs = [(order[i % len(order)], decodings[i % len(decodings)], seed + i) for i in range(count)]
 
     def one(job: tuple[int, str, int]) -> Example:
-        group, decoding, job_seed = job
-        ids = human[group]
+        which, decoding, job_seed = job
+        group, ids = human[which]
         prompt = ids[:min(prompt_tokens, len(ids) - 1)]
         length = len(ids) - len(prompt)
         body = {"prompt": prompt, "max_tokens": length, "min_tokens": length, "seed": job_seed,
@@ -141,12 +146,14 @@ def generate(client, human: dict[int, list[int]], count: int, decodings: list[st
         return list(pool.map(one, jobs))
 
 
-def write_dataset(path: Path, examples: list[Example], test: list[bool]) -> None:
-    """The examples and their split, one JSON object per line (for other experiments on the same data)."""
+def write_dataset(path: Path, examples: list[Example], test: list[bool], features: list[list[float]]) -> None:
+    """The examples, their split and features, one JSON object per line (for other experiments on
+    the same data, e.g. bench/detector.py)."""
     with path.open("w", encoding="utf-8") as out:
-        for example, held_out in zip(examples, test, strict=True):
+        for example, held_out, row in zip(examples, test, features, strict=True):
             out.write(json.dumps({"text": example.text, "label": example.label, "source": example.source,
-                                  "group": example.group, "split": "test" if held_out else "train"}) + "\n")
+                                  "group": example.group, "split": "test" if held_out else "train",
+                                  "features": row}) + "\n")
 
 
 def read_dataset(path: Path) -> list[dict]:

@@ -19,6 +19,7 @@ class Figures:
     report: dict
     examples: list[Example]
     test: np.ndarray  # held-out mask over examples
+    features: np.ndarray  # (examples, features)
     probabilities: np.ndarray  # the judge's, over held-out examples
     labels: np.ndarray  # over held-out examples
     human_results: list[dict] = field(default_factory=list)  # held-out /v1/score results
@@ -27,7 +28,7 @@ class Figures:
     def write(self, out: Path) -> None:
         (out / "report.json").write_text(json.dumps(self.report, indent=1) + "\n", encoding="utf-8")
         (out / "report.md").write_text(report.markdown(self.report), encoding="utf-8")
-        write_dataset(out / "dataset.jsonl", self.examples, self.test.tolist())
+        write_dataset(out / "dataset.jsonl", self.examples, self.test.tolist(), self.features.tolist())
         report.plot(out / "roc.png", self.probabilities, self.labels, self.human_results, self.machine_results,
                     f"Held-out ROC: judge {self.report['name']!r} vs zero-shot statistics")
 
@@ -84,7 +85,7 @@ def train_and_report(client, examples: list[Example], results: list[dict], ident
                                                   [t for t, lab in zip(texts, y_test, strict=True) if lab == MACHINE],
                                                   batch_size, seed)}
     judge.training.update({"held_out": held_out, "best_statistic": out["best_statistic"]})
-    return judge, Figures(out, examples, test, p, y_test, human_results, machine_results)
+    return judge, Figures(out, examples, test, x, p, y_test, human_results, machine_results)
 
 
 def per_source(p: np.ndarray, y: np.ndarray, sources: np.ndarray, human_results: list[dict],

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from app.calibrate import auroc
 from app.cli import cli
 from app.config import Settings
-from app.detect.data import read_dataset
+from app.detect.data import cut, read_dataset
 from app.detect.features import from_result
 from app.detect.judge import JudgeError, load
 from app.main import create_app
@@ -155,3 +155,18 @@ def test_the_judges_fields_are_in_the_openapi_schema():
                                                           "top_features"}
     assert set(schemas["DetectorInfo"]["properties"]) == {"loaded", "message", "name", "threshold"}
     assert "judge" in schemas["Detection"]["properties"] and "detector" in schemas["ScoreResponse"]["required"]
+
+
+def test_cut_keeps_the_first_or_last_tokens_or_every_piece(live, human_file):
+    text = " ".join(human_file.read_text().splitlines()[:6])
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        ids = http.post("/tokenize", json={"prompt": text}).json()["tokens"]
+        assert len(ids) > 100
+        [(index, first, first_ids)] = cut(http, [text], 40, 10)
+        [(_, _, last_ids)] = cut(http, [text], 40, 10, last=True)
+        pieces = cut(http, ["too short", text], 40, 10, chunk=True)
+        assert cut(http, ["too short"], 40, 10) == []
+    assert index == 0 and first_ids == ids[:40] and last_ids == ids[-40:] and text.startswith(first.strip()[:20])
+    assert {i for i, _, _ in pieces} == {1}  # the short text is left out, every piece knows its text
+    expected = [ids[start : start + 40] for start in range(0, len(ids), 40)]
+    assert [p for _, _, p in pieces] == [p for p in expected if len(p) >= 10]
