@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
 from app.calibrate import score_client, score_texts
@@ -97,13 +98,36 @@ def train_detector(
 
     options = {"max_tokens": max_tokens, "min_tokens": min_tokens, "chunk": chunk, "prompt_tokens": prompt_tokens,
                "decodings": decodings if generate else [], "test_fraction": test_fraction, "seed": seed}
+    try:
+        judge, figures = run(url, api_key, timeout, human_texts, machine_texts, generate, decodings, options,
+                             name or out.resolve().name, threshold, fpr, batch_size, workers, check_limits)
+    except typer.Exit:  # a bad input found on the way (a RuntimeError too, for click)
+        raise
+    except (RuntimeError, httpx.HTTPError) as exc:  # the server failed us, not the input
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    judge.save(out)
+    figures.write(out)
+    print(figures.summary())
+    print(f"judge written to {out / 'judge.json'}; serve it with GPT2_DETECTOR={out}")
+    return figures.report
+
+
+def run(url: str | None, api_key: str | None, timeout: float, human_texts: list[str], machine_texts: list[str],
+        generate: int, decodings: list[str], options: dict, name: str, threshold: float, fpr: float | None,
+        batch_size: int, workers: int, check_limits: bool):
+    """Score (and generate) through the API, then train and evaluate: (judge, figures)."""
+    max_tokens, min_tokens = options["max_tokens"], options["min_tokens"]
     with score_client(url, api_key, timeout, detector=None) as client:
-        identity = ModelIdentity(**data.model_identity(client))
-        examples, human_ids = read_examples(client, human_texts, machine_texts, max_tokens, min_tokens, chunk)
+        card = data.served_model(client)
+        identity = ModelIdentity(card["id"], card["root"], card["num_parameters"], card["load_format"])
+        examples, human_ids = read_examples(client, human_texts, machine_texts, max_tokens, min_tokens,
+                                            options["chunk"])
         if generate and human_ids:
             with progress(generate, "generating") as bar:
-                examples += data.generate(client, human_ids, generate, decodings, prompt_tokens, seed, workers,
-                                          bar.update)
+                examples += data.generate(client, human_ids, generate, decodings, options["prompt_tokens"],
+                                          options["seed"], workers, bar.update, card["max_model_len"])
         for label, what in ((HUMAN, "human"), (MACHINE, "machine")):
             count = sum(e.label == label for e in examples)
             if count < MIN_PER_CLASS:
@@ -113,16 +137,10 @@ def train_detector(
             results = score_texts(client, [e.text for e in examples], batch_size, return_tokens=True,
                                   progress=bar.update)
         try:
-            judge, figures = train_and_report(client, examples, results, identity, name or out.resolve().name,
-                                              threshold, fpr, options, batch_size, check_limits)
+            return train_and_report(client, examples, results, identity, name, threshold, fpr, options, batch_size,
+                                    check_limits)
         except (JudgeError, ValueError) as exc:
             fail(str(exc))
-    out.mkdir(parents=True, exist_ok=True)
-    judge.save(out)
-    figures.write(out)
-    print(figures.summary())
-    print(f"judge written to {out / 'judge.json'}; serve it with GPT2_DETECTOR={out}")
-    return figures.report
 
 
 def read_examples(client, human: list[str], machine: list[str], max_tokens: int, min_tokens: int,

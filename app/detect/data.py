@@ -87,14 +87,12 @@ def _post(client, path: str, body: dict) -> dict:
     return response.json()
 
 
-def model_identity(client) -> dict:
-    """The served model as GET /v1/models describes it."""
+def served_model(client) -> dict:
+    """The served model's card from GET /v1/models (id, root, num_parameters, max_model_len, ...)."""
     response = client.get("/v1/models")
     if response.status_code != 200:
         raise RuntimeError(f"GET /v1/models answered {response.status_code}: {response.text[:500]}")
-    card = response.json()["data"][0]
-    return {"name": card["id"], "source": card["root"], "num_parameters": card["num_parameters"],
-            "load_format": card["load_format"]}
+    return response.json()["data"][0]
 
 
 def cut(client, texts: list[str], max_tokens: int, min_tokens: int, last: bool = False,
@@ -119,11 +117,12 @@ def cut(client, texts: list[str], max_tokens: int, min_tokens: int, last: bool =
 
 
 def generate(client, human: list[tuple[int, list[int]]], count: int, decodings: list[str], prompt_tokens: int,
-             seed: int, workers: int, progress: Callable[[int], object] | None = None) -> list[Example]:
+             seed: int, workers: int, progress: Callable[[int], object] | None = None,
+             max_len: int | None = None) -> list[Example]:
     """`count` machine texts: the served model continues the first `prompt_tokens` tokens of a human
-    text ((group, token ids) pairs, taken in turn, shuffled) to that text's length, with the
-    decoding settings in turn. The machine text is the prompt's text followed by the completion,
-    in the human text's group."""
+    text ((group, token ids) pairs, taken in turn, shuffled) to that text's length (at most
+    `max_len`, the model's context), with the decoding settings in turn. The machine text is the
+    prompt's text followed by the completion, in the human text's group."""
     rng = random.Random(seed)
     order = list(range(len(human)))
     rng.shuffle(order)
@@ -133,7 +132,7 @@ def generate(client, human: list[tuple[int, list[int]]], count: int, decodings: 
         which, decoding, job_seed = job
         group, ids = human[which]
         prompt = ids[:min(prompt_tokens, len(ids) - 1)]
-        length = len(ids) - len(prompt)
+        length = min(len(ids), max_len or len(ids)) - len(prompt)
         body = {"prompt": prompt, "max_tokens": length, "min_tokens": length, "seed": job_seed,
                 **DECODINGS[decoding]}
         completion = _post(client, "/v1/completions", body)["choices"][0]["text"]

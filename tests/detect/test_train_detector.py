@@ -170,3 +170,12 @@ def test_cut_keeps_the_first_or_last_tokens_or_every_piece(live, human_file):
     assert {i for i, _, _ in pieces} == {1}  # the short text is left out, every piece knows its text
     expected = [ids[start : start + 40] for start in range(0, len(ids), 40)]
     assert [p for _, _, p in pieces] == [p for p in expected if len(p) >= 10]
+
+
+def test_an_unreachable_server_is_a_one_line_error(human_file, tmp_path):
+    from tests.integration.conftest import free_port
+
+    result = train("--human", str(human_file), "--generate", "10", "--out", str(tmp_path / "out"), "--url",
+                   f"http://127.0.0.1:{free_port()}", "--timeout", "5")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ") and not (tmp_path / "out").exists()
