@@ -169,6 +169,7 @@ def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScore
     out.ranks = pad + merged.ranks
     if body.detect:
         out.entropies = pad + merged.entropy
+        out.logprob_variances = pad + merged.logprob_variance
     if body.top_logprobs:
         top = schemas.TopLogprob
         out.top_logprobs = pad + [[top(token=token_str(t), token_id=t, logprob=lp) for t, lp in alternatives]
@@ -186,9 +187,9 @@ def detection_of(summary: Summary, judge: schemas.JudgeVerdict | None = None) ->
 def judge_verdict(judge: Judge | None, merged: PromptScores, summary: Summary) -> schemas.JudgeVerdict | None:
     """The judge's verdict on one input, from the scores of the same forward pass: its features are
     the ones `gpt2-serve train-detector` computes from this route's response."""
-    if judge is None or summary.detection is None or len(merged.entropy) != len(merged.token_logprobs):
+    if judge is None or summary.detection is None or len(merged.logprob_variance) != len(merged.token_logprobs):
         return None
-    x = features(merged.token_logprobs, merged.ranks, merged.entropy, summary.detection.fast_detect_gpt)
+    x = features(merged.token_logprobs, merged.ranks, merged.entropy, merged.logprob_variance)
     return schemas.JudgeVerdict.model_validate(judge.verdict(x))
 
 

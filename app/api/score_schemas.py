@@ -190,6 +190,11 @@ class ScoreResult(BaseModel):
                                                  "distribution at each token's position; the first is null when "
                                                  "there is no context. null unless detect and return_tokens.",
                                                  examples=[[None, 4.7]])
+    logprob_variances: list[float | None] | None = Field(None, description="Variance of log p under the model's "
+                                                         "distribution at each token's position (Fast-DetectGPT's "
+                                                         "sigma squared); the first is null when there is no "
+                                                         "context. null unless detect and return_tokens.",
+                                                         examples=[[None, 6.1]])
     num_context_tokens: int = Field(..., description="Tokens of the context (0 without one).", examples=[0])
     num_tokens: int = Field(..., description="Tokens scored.", examples=[9])
     sum_logprob: float = Field(..., description="Sum of the scored tokens' logprobs (the loglikelihood).",
