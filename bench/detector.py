@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from app.calibrate import auroc  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.detect.features import FEATURE_NAMES  # noqa: E402
 from app.detect.judge import Judge, ModelIdentity, load  # noqa: E402
@@ -174,7 +175,7 @@ def fine_tune(model_dir: str, train: list[dict], test: list[dict], args) -> np.n
                         remove_columns=["text"])
 
     training = TrainingArguments(output_dir=args.scratch, num_train_epochs=args.epochs, learning_rate=args.lr,
-                                 per_device_train_batch_size=16, per_device_eval_batch_size=32, warmup_ratio=0.1,
+                                 per_device_train_batch_size=16, per_device_eval_batch_size=32, warmup_steps=0.1,
                                  weight_decay=0.01, logging_steps=20, save_strategy="no", report_to=[],
                                  seed=0, use_cpu=not torch.cuda.is_available())
     trainer = Trainer(model=model, args=training, train_dataset=encode(train),
@@ -197,10 +198,14 @@ def neural(args) -> None:
     f_test = np.array([r["features"] for r in test])
     results = {}
 
+    sources = np.array([r["source"] for r in test])
+
     def record(name: str, p: np.ndarray, seconds: float) -> None:
         results[name] = {**separation(p[y_test == 1], p[y_test == 0]), "seconds": seconds}
+        per_source = "  ".join(f"{s} {auroc(p[sources == s], p[y_test == 0]):.3f}"
+                               for s in sorted(set(sources[y_test == 1])))
         print(f"{name:<34} AUROC {results[name]['auroc']:.3f}  TPR at 1% FPR "
-              f"{results[name]['tpr_at_1pct_fpr']:6.1%}  ({seconds:.0f} s)", flush=True)
+              f"{results[name]['tpr_at_1pct_fpr']:6.1%}  ({seconds:.0f} s)  | {per_source}", flush=True)
 
     print(f"# {len(train)} training and {len(test)} held-out texts from {args.data}; model {args.model}")
     record("judge (trained by train-detector)", judge.predict_proba(f_test), 0.0)

@@ -60,11 +60,11 @@ def train_detector(
     prompt_tokens: Annotated[int, typer.Option(min=1, help="Tokens of a human text that prompt a generated one "
                                                "(and start it).")] = 16,
     test_fraction: Annotated[float, typer.Option(min=0.05, max=0.9, help="Share held out for the report.")] = 0.25,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Verdict 'machine' at machine_probability >= "
-                                             "this.")] = 0.5,
-    fpr: Annotated[float | None, typer.Option(min=0.0, max=0.5, help="Instead of --threshold: the lowest threshold "
-                                              "flagging at most this share of the training human texts (out of "
-                                              "fold).")] = None,
+    fpr: Annotated[float, typer.Option(min=0.0, max=0.5, help="Operating point: the verdict threshold is the lowest "
+                                       "machine_probability that flags at most this share of the training human "
+                                       "texts (out of fold), so that the verdict rarely accuses a person.")] = 0.01,
+    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Instead of --fpr: verdict 'machine' at "
+                                                    "machine_probability >= this (0.5: even odds).")] = None,
     check_limits: Annotated[bool, typer.Option("--limits/--no-limits", help="Also measure the judge on shorter "
                                                "and word-edited held-out texts (scores them again).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the sampling and the split.")] = 0,
@@ -115,7 +115,7 @@ def train_detector(
 
 
 def run(url: str | None, api_key: str | None, timeout: float, human_texts: list[str], machine_texts: list[str],
-        generate: int, decodings: list[str], options: dict, name: str, threshold: float, fpr: float | None,
+        generate: int, decodings: list[str], options: dict, name: str, threshold: float | None, fpr: float,
         batch_size: int, workers: int, check_limits: bool):
     """Score (and generate) through the API, then train and evaluate: (judge, figures)."""
     max_tokens, min_tokens = options["max_tokens"], options["min_tokens"]

@@ -45,7 +45,7 @@ class Figures:
 
 
 def train_and_report(client, examples: list[Example], results: list[dict], identity: ModelIdentity, name: str,
-                     threshold: float, fpr: float | None, options: dict, batch_size: int,
+                     threshold: float | None, fpr: float, options: dict, batch_size: int,
                      check_limits: bool) -> tuple[Judge, Figures]:
     rows = [from_result(r) for r in results]
     keep = [i for i, x in enumerate(rows) if x is not None]  # a text may score nothing (one token)

@@ -23,10 +23,10 @@ def _folds(y: np.ndarray, groups: np.ndarray, seed: int):
 
 
 def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, name: str, model: ModelIdentity, *,
-        threshold: float = 0.5, fpr: float | None = None, seed: int = 0, training: dict | None = None) -> Judge:
+        threshold: float | None = 0.5, fpr: float = 0.01, seed: int = 0, training: dict | None = None) -> Judge:
     """A calibrated judge of feature rows x (n, features) with labels y (1 = machine). Rows sharing
-    a group stay in one cross-validation fold. With `fpr`, the threshold is instead the lowest
-    probability that flags at most that share of the human rows, out of fold."""
+    a group stay in one cross-validation fold. The verdict threshold is `threshold` or, when that
+    is None, the lowest probability that flags at most `fpr` of the human rows, out of fold."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, cross_val_predict
     from sklearn.preprocessing import StandardScaler
@@ -46,9 +46,10 @@ def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, name: str, model: Mode
     judge = Judge(name=name, model=model, feature_names=list(FEATURE_NAMES), mean=scaler.mean_.tolist(),
                   scale=scaler.scale_.tolist(), coef=regression.coef_[0].tolist(),
                   intercept=float(regression.intercept_[0]),
-                  calibration=(float(platt.coef_[0, 0]), float(platt.intercept_[0])), threshold=threshold,
+                  calibration=(float(platt.coef_[0, 0]), float(platt.intercept_[0])),
+                  threshold=0.5 if threshold is None else threshold,
                   training={**(training or {}), "C": c})
-    if fpr is not None:
+    if threshold is None:
         a, b = judge.calibration
         human = 0.5 * (1.0 + np.tanh(0.5 * (a * out_of_fold[y == 0] + b)))
         judge.threshold = threshold_for_fpr(human, fpr)

@@ -120,3 +120,12 @@ def test_serving_does_not_import_scikit_learn():
             "print('sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_without_a_threshold_the_verdict_flags_about_fpr_of_human_texts():
+    x, y, groups = synthetic(300, 1.5, seed=4)
+    judge = fit(x, y, groups, "low fpr", MODEL, threshold=None, fpr=0.02)
+    fresh, labels, _ = synthetic(2000, 1.5, seed=5)
+    flagged = judge.predict_proba(fresh) >= judge.threshold
+    assert judge.threshold > 0.5 and flagged[labels == 0].mean() < 0.05  # 2% out of fold, a little more on new data
+    assert flagged[labels == 1].mean() > 0.2
