@@ -140,7 +140,10 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
         if not jsonl:
             texts.append(line)
             continue
-        value = json.loads(line)
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc})") from exc
         if isinstance(value, dict):
             if field not in value:
                 raise ValueError(f"{path}:{number}: no {field!r} key in the JSON object")
@@ -153,9 +156,9 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
 
 # --- scoring through the API ------------------------------------------------------------------
 @contextmanager
-def score_client(url: str | None, api_key: str | None, timeout: float) -> Iterator:
+def score_client(url: str | None, api_key: str | None, timeout: float, **overrides) -> Iterator:
     """An httpx-style client whose POST /v1/score reaches the server at `url`, or an in-process
-    app built from the GPT2_* settings (loaded and ready when this yields)."""
+    app built from the GPT2_* settings and `overrides` (loaded and ready when this yields)."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -168,7 +171,7 @@ def score_client(url: str | None, api_key: str | None, timeout: float) -> Iterat
     from app.config import Settings
     from app.main import create_app
 
-    settings = Settings()
+    settings = Settings(**overrides)
     if settings.api_keys and not api_key:
         headers = {"Authorization": f"Bearer {settings.api_keys[0]}"}
     app = create_app(settings)
@@ -181,15 +184,19 @@ def score_client(url: str | None, api_key: str | None, timeout: float) -> Iterat
         yield client
 
 
-def score_texts(client, texts: list[str], batch_size: int) -> list[dict]:
-    """The /v1/score result of every text (numbers only, sliding window for long ones)."""
+def score_texts(client, texts: list[str], batch_size: int, return_tokens: bool = False,
+                progress: Callable[[int], object] | None = None) -> list[dict]:
+    """The /v1/score result of every text (sliding window for long ones; numbers only unless
+    `return_tokens`). `progress(n)` is called after each batch of n texts."""
     results = []
     for start in range(0, len(texts), batch_size):
-        body = {"input": texts[start : start + batch_size], "return_tokens": False, "window": "sliding"}
+        body = {"input": texts[start : start + batch_size], "return_tokens": return_tokens, "window": "sliding"}
         response = client.post("/v1/score", json=body)
         if response.status_code != 200:
             raise RuntimeError(f"POST /v1/score answered {response.status_code}: {response.text}")
         results += response.json()["data"]
+        if progress is not None:
+            progress(len(body["input"]))
     return results
 
 

@@ -51,6 +51,10 @@ from app.train.cli import train  # noqa: E402  (light: the training stack loads 
 
 cli.command()(train)
 
+from app.detect.cli import train_detector  # noqa: E402
+
+cli.command("train-detector")(train_detector)
+
 
 def main() -> None:
     cli()

@@ -23,6 +23,7 @@ from app.api.errors import install_error_handlers
 from app.api.observability import install_metrics
 from app.api.ui import install_ui
 from app.config import Settings
+from app.detect.judge import load_judge
 from app.engine.client import EngineHandle
 from app.service import Service, connect_engine, load_tokenizer, start_engine
 
@@ -103,6 +104,7 @@ async def load_service(state: AppState, handle: EngineHandle | None) -> None:
     try:
         engine = await (start_engine(settings) if handle is None else connect_engine(settings, handle))
         tokenizer = await load_tokenizer(engine.info)
+        judge = load_judge(settings.detector, engine.info)  # None without GPT2_DETECTOR; refuses another model's
     except asyncio.CancelledError:
         if engine is not None:
             await engine.shutdown()
@@ -116,7 +118,7 @@ async def load_service(state: AppState, handle: EngineHandle | None) -> None:
             state.on_fatal()
         return
     engine.death_listeners.append(state.engine_died)
-    state.service = Service(settings, engine.info, tokenizer, engine)
+    state.service = Service(settings, engine.info, tokenizer, engine, judge)
     for hook in state.on_ready:
         hook(state.service)
     # everything made so far lives as long as the server: keep the garbage collector from walking

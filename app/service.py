@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from app.config import Settings
+from app.detect.judge import Judge
 from app.engine.client import EngineClient, EngineHandle
 from app.engine.memory import device_memory_readers
 from app.engine.protocol import EngineInfo
@@ -34,6 +35,7 @@ class Service:
     info: EngineInfo
     tokenizer: Tokenizer
     engine: EngineClient
+    judge: Judge | None = None  # GPT2_DETECTOR's trained judge (app/detect), checked against the model
 
 
 def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:

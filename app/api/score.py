@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.api import score_schemas as schemas
 from app.api.deps import LimitsDep, ServiceDep, check_model
 from app.api.disconnect import time_limit, until_done_or_disconnected
 from app.api.errors import APIError
@@ -19,6 +20,8 @@ from app.api.offload import OffloadRoute, encode_texts, json_response
 from app.api.record import RecordDep
 from app.api.score_schemas import ScoreRequest, ScoreResponse
 from app.api.submission import check, gather_all, submit_all
+from app.detect.features import features
+from app.detect.judge import Judge
 from app.engine.client import RequestStream
 from app.engine.sequence import PromptScores
 from app.engine.stats import RequestStats
@@ -77,7 +80,8 @@ async def create_score(body: ScoreRequest, request: Request, service: ServiceDep
         record.scored_tokens = scored = sum(s.num_tokens for s in summaries)
         results = [result(service, body, *args) for args in zip(items, merged, summaries, strict=True)]
         return {"id": request_id, "object": "score", "created": int(time.time()), "model": service.info.name,
-                "data": results, "usage": {"prompt_tokens": sent, "scored_tokens": scored, "total_tokens": sent}}
+                "data": results, "usage": {"prompt_tokens": sent, "scored_tokens": scored, "total_tokens": sent},
+                "detector": detector_info(service.judge)}
 
     return await json_response(build, entries(body, items))
 
@@ -195,10 +199,11 @@ def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScore
     """One input's entry of the response (a ScoreResult, as plain data): the per-token arrays when
     asked, the numbers always."""
     out = {"index": item.index, "tokens": None, "token_ids": None, "token_logprobs": None, "ranks": None,
-           "top_logprobs": None, "entropies": None, "num_context_tokens": len(item.context_ids),
+           "top_logprobs": None, "entropies": None,
+           "logprob_variances": None, "num_context_tokens": len(item.context_ids),
            "num_tokens": summary.num_tokens, "sum_logprob": summary.sum_logprob, "mean_logprob": summary.mean_logprob,
            "perplexity": summary.perplexity, "is_greedy": summary.is_greedy, "num_windows": len(item.windows),
-           "detection": None if summary.detection is None else asdict(summary.detection)}
+           "detection": detection_of(summary, judge_verdict(service.judge, merged, summary))}
     if not body.return_tokens:
         return out
     pad = [] if item.context_ids else [None]  # the first token has nothing before it
@@ -209,7 +214,27 @@ def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScore
     out["ranks"] = pad + merged.ranks
     if body.detect:
         out["entropies"] = pad + merged.entropy
+        out["logprob_variances"] = pad + merged.logprob_variance
     if body.top_logprobs:
         out["top_logprobs"] = pad + [[{"token": token_str(t), "token_id": t, "logprob": lp} for t, lp in alternatives]
                                      for alternatives in merged.top]
     return out
+
+
+def detection_of(summary: Summary, judge: dict | None) -> dict | None:
+    return None if summary.detection is None else {**asdict(summary.detection), "judge": judge}
+
+
+# --- the trained judge (GPT2_DETECTOR; app/detect) ------------------------------------------------
+def judge_verdict(judge: Judge | None, merged: PromptScores, summary: Summary) -> dict | None:
+    """The judge's verdict on one input (a JudgeVerdict, as plain data), from the scores of the same
+    forward pass: its features are the ones `gpt2-serve train-detector` computes from this route's response."""
+    if judge is None or summary.detection is None or len(merged.logprob_variance) != len(merged.token_logprobs):
+        return None
+    return judge.verdict(features(merged.token_logprobs, merged.ranks, merged.entropy, merged.logprob_variance))
+
+
+def detector_info(judge: Judge | None) -> dict:
+    if judge is None:
+        return {"loaded": False, "message": schemas.NO_JUDGE}
+    return {"loaded": True, "name": judge.name, "threshold": judge.threshold}

@@ -5,12 +5,21 @@ Pydantic lives here, at the edge; `to_sampling_params()` converts to the engine'
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
 from app.api.schemas import Text, Texts, TokenIds, form, one_of
 from app.engine.sequence import SamplingParams
 
 MAX_TOP_LOGPROBS = 20
+NO_JUDGE = "no judge loaded; train one with gpt2-serve train-detector and set GPT2_DETECTOR"
 
 ContextIds = list[Annotated[int, Field(ge=0)]]  # may be empty: then <|endoftext|> is the context
 ScoreInput = one_of(Text, Texts, TokenIds, Annotated[list[TokenIds], Field(min_length=1)])
@@ -99,6 +108,45 @@ class GLTRBuckets(BaseModel):
     rest: float = Field(..., description="Fraction ranked beyond 1000.", examples=[0.06])
 
 
+class JudgeFeature(BaseModel):
+    name: str = Field(..., description="The feature's name (docs/scoring.md lists them).", examples=["mean_log_rank"])
+    value: float = Field(..., description="Its value for this input.", examples=[1.2])
+    contribution: float = Field(..., description="Its share of the judge's decision (log-odds units, "
+                                "relative to an average training text): positive pushes towards machine.",
+                                examples=[2.3])
+
+
+class JudgeVerdict(BaseModel):
+    machine_probability: float = Field(..., ge=0.0, le=1.0, description="The trained judge's calibrated "
+                                       "probability (0-1) that a machine wrote the input, at even prior odds.",
+                                       examples=[0.93])
+    verdict: Literal["machine", "human"] = Field(..., description="`machine` when machine_probability >= "
+                                                 "threshold, else `human`.", examples=["machine"])
+    threshold: float = Field(..., description="The judge's operating threshold (set when it was trained).",
+                             examples=[0.5])
+    top_features: list[JudgeFeature] = Field(..., description="The features that weighed most in this verdict, "
+                                             "largest |contribution| first.", examples=[[
+                                                 {"name": "mean_log_rank", "value": 1.2, "contribution": 2.3}]])
+
+
+class DetectorInfo(BaseModel):
+    """Whether a trained judge answers in `detection.judge`. Only the fields of its state are present."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"loaded": False, "message": NO_JUDGE}, {"loaded": True, "name": "demo-judge", "threshold": 0.5}]})
+
+    loaded: bool = Field(..., description="A judge is loaded (GPT2_DETECTOR).", examples=[True])
+    message: str | None = Field(None, description="Present when no judge is loaded: how to get one.",
+                                examples=[NO_JUDGE])
+    name: str | None = Field(None, description="Present when loaded: the judge's name.", examples=["demo-judge"])
+    threshold: float | None = Field(None, description="Present when loaded: its operating threshold on "
+                                    "machine_probability.", examples=[0.5])
+
+    @model_serializer(mode="wrap")
+    def _drop_absent(self, handler: SerializerFunctionWrapHandler):  # no return type: keeps the schema
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
 class Detection(BaseModel):
     gltr: GLTRBuckets = Field(..., description="GLTR's rank buckets (Gehrmann et al., 2019).",
                               examples=[{"top_10": 0.62, "top_100": 0.2, "top_1000": 0.12, "rest": 0.06}])
@@ -110,6 +158,11 @@ class Detection(BaseModel):
                                           "as sampling and scoring model: about N(0, 1) on the model's own samples, "
                                           "higher = more machine-like; null if the model's variance is 0.",
                                           examples=[1.7])
+    judge: JudgeVerdict | None = Field(None, description="The trained judge's verdict (GPT2_DETECTOR); null when "
+                                       "no judge is loaded.", examples=[{
+                                           "machine_probability": 0.93, "verdict": "machine", "threshold": 0.5,
+                                           "top_features": [{"name": "mean_log_rank", "value": 1.2,
+                                                             "contribution": 2.3}]}])
 
 
 class ScoreResult(BaseModel):
@@ -132,6 +185,11 @@ class ScoreResult(BaseModel):
                                                  "distribution at each token's position; the first is null when "
                                                  "there is no context. null unless detect and return_tokens.",
                                                  examples=[[None, 4.7]])
+    logprob_variances: list[float | None] | None = Field(None, description="Variance of log p under the model's "
+                                                         "distribution at each token's position (Fast-DetectGPT's "
+                                                         "sigma squared); the first is null when there is no "
+                                                         "context. null unless detect and return_tokens.",
+                                                         examples=[[None, 6.1]])
     num_context_tokens: int = Field(..., description="Tokens of the context (0 without one).", examples=[0])
     num_tokens: int = Field(..., description="Tokens scored.", examples=[9])
     sum_logprob: float = Field(..., description="Sum of the scored tokens' logprobs (the loglikelihood).",
@@ -168,3 +226,6 @@ class ScoreResponse(BaseModel):
         "is_greedy": False, "num_windows": 1, "detection": None}]])
     usage: ScoreUsage = Field(..., description="Token counts of the whole request.",
                               examples=[{"prompt_tokens": 10, "scored_tokens": 9, "total_tokens": 10}])
+    detector: DetectorInfo = Field(..., description="Whether a trained judge is loaded: then, with detect, every "
+                                   "result's detection.judge holds its verdict.",
+                                   examples=[{"loaded": False, "message": NO_JUDGE}])
