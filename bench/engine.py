@@ -1,7 +1,7 @@
 """Engine throughput against transformers' batched generate and the machine's matmul roofline.
 (The engine core is stepped in this process: the step itself, without the transport to the API.)
 
-    python bench/engine.py [--model gpt2] [--concurrency 1 8 32 64] [--prompt 128] [--new 128]
+    python bench/engine.py [--model gpt2] [--concurrency 1 8 32 64] [--prompt 128] [--new 128] [--device cuda]
 
 Everything is measured in this one process, side by side: a large fp32 matmul (the roofline),
 then for each concurrency our engine and transformers' `generate` on the same batch (dummy
@@ -11,7 +11,7 @@ Reported per concurrency:
 - tok/s: output tokens / wall time of the whole batch (prefill included), ours and transformers';
 - decode tok/s: output tokens / time spent in decode-only steps (steady state);
 - roofline: 2 x parameters x decode tok/s / the large matmul's GFLOP/s (torch's default, and
-  oneDNN's, which on AMD CPUs is about twice MKL's);
+  oneDNN's, which on AMD CPUs is about twice MKL's; on a GPU, a matmul in --dtype on the device);
 - python: the share of decode step time outside the model's forward and lm_head (scheduling,
   packing, sampling, bookkeeping).
 """
@@ -47,14 +47,29 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> tuple[float, float]:
     return 2 * n**3 / default / 1e9, 2 * n**3 / onednn / 1e9
 
 
+def device_gflops(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats: int = 5) -> float:
+    """TFLOP-class accelerators: GFLOP/s of a large matmul in the run's dtype on the device."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    return 2 * n**3 / min(_timed(lambda: a @ b) for _ in range(repeats)) / 1e9
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
 class ModelClock:
-    """Accumulates time spent inside the model's forward and lm_head."""
+    """Accumulates time spent inside the model's forward and lm_head (on a GPU, synchronized
+    around each call, so that the kernels' time counts as the model's)."""
 
     def __init__(self, model):
         self.seconds = 0.0
@@ -63,8 +78,10 @@ class ModelClock:
 
     def _wrap(self, fn):
         def timed(*args, **kwargs):
+            synchronize()
             start = time.perf_counter()
             out = fn(*args, **kwargs)
+            synchronize()
             self.seconds += time.perf_counter() - start
             return out
 
@@ -95,11 +112,13 @@ def run_engine(core, prompts: list[list[int]], new_tokens: int, clock: ModelCloc
 
 
 def run_transformers(hf_model, prompts: list[list[int]], new_tokens: int) -> dict:
-    ids = torch.tensor(prompts)
+    ids = torch.tensor(prompts, device=hf_model.device)
     with torch.inference_mode():
+        synchronize()
         start = time.perf_counter()
         out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                 min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        synchronize()
         wall = time.perf_counter() - start
     tokens = (out.shape[1] - ids.shape[1]) * out.shape[0]
     return {"tok_s": tokens / wall, "wall": wall}
@@ -109,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2", help="model whose shapes to use (dummy weights)")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (ours and transformers' alike)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per request")
     parser.add_argument("--new", type=int, default=128, help="new tokens per request")
@@ -117,7 +137,7 @@ def main() -> None:
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    settings = Settings(model=args.model, load_format="dummy", device="cpu", dtype=args.dtype,
+    settings = Settings(model=args.model, load_format="dummy", device=args.device, dtype=args.dtype,
                         max_batch_size=max(args.concurrency), max_num_batched_tokens=max(2048, max(args.concurrency)),
                         max_queue=max(args.concurrency))
     core, info = build_core(settings)
@@ -126,12 +146,16 @@ def main() -> None:
     hf_model = None
     if not args.no_transformers:
         hf_config = GPT2Config(n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head)
-        hf_model = GPT2LMHeadModel(hf_config).to(getattr(torch, args.dtype)).eval()
-    gflops, onednn_gflops = matmul_gflops()
+        hf_model = GPT2LMHeadModel(hf_config).to(info.device, getattr(torch, args.dtype)).eval()
+    if info.device == "cpu":
+        gflops, onednn_gflops = matmul_gflops()
+        peak = f"4096^3 fp32 matmul: {gflops:.0f} GFLOP/s (torch default), {onednn_gflops:.0f} GFLOP/s (oneDNN)"
+    else:
+        gflops = onednn_gflops = device_gflops(torch.device(info.device), getattr(torch, args.dtype))
+        peak = f"on {torch.cuda.get_device_name(info.device)}: 8192^3 {args.dtype} matmul {gflops / 1e3:.0f} TFLOP/s"
     params = config.num_parameters
     print(f"# {info.source} shapes, {params / 1e6:.1f}M parameters, {args.dtype}, {torch.get_num_threads()} threads; "
-          f"prompt {args.prompt}, new {args.new}; 4096^3 fp32 matmul: {gflops:.0f} GFLOP/s (torch default), "
-          f"{onednn_gflops:.0f} GFLOP/s (oneDNN)")
+          f"prompt {args.prompt}, new {args.new}; {peak}")
     print(f"{'conc':>4} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} {'decode tok/s':>12} {'roofline':>8} "
           f"{'(oneDNN)':>8} {'python':>7}")
     gen = torch.Generator().manual_seed(0)

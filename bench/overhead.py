@@ -1,7 +1,7 @@
 """The serving stack's own cost per token, measured with a model whose compute is nearly nothing
 (2 layers, 64 dims, GPT-2's vocabulary): on a GPU this cost, not the forward, bounds tokens/s.
 
-    python bench/overhead.py [--sequences 64 256] [--clients 64] [--new 128] [--skip-http] [--gpt2]
+    python bench/overhead.py [--sequences 64 256] [--clients 64] [--new 128] [--skip-http] [--gpt2] [--device cuda]
 
 Everything is measured in one run, side by side:
 
@@ -49,23 +49,29 @@ class Clock:
             setattr(obj, name, self._wrap(getattr(obj, name)))
 
     def _wrap(self, fn):
+        import torch
+
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None  # a GPU's kernels count too
+
         def timed(*args, **kwargs):
+            sync()
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                sync()
                 self.seconds += time.perf_counter() - start
 
         return timed
 
 
-def engine_only(model_dir: str, sequences: int, new: int) -> dict:
+def engine_only(model_dir: str, sequences: int, new: int, device: str) -> dict:
     from app.config import Settings
     from app.engine.protocol import EngineRequest
     from app.engine.sequence import SamplingParams
     from app.service import build_core
 
-    core, _ = build_core(Settings(model=model_dir, load_format="dummy", device="cpu", max_batch_size=sequences,
+    core, _ = build_core(Settings(model=model_dir, load_format="dummy", device=device, max_batch_size=sequences,
                                   max_num_batched_tokens=max(2048, sequences), max_queue=sequences))
     model, sampler = Clock(core.runner.model, "forward", "logits"), Clock(core.runner.sampler, "sample")
     params = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
@@ -232,9 +238,9 @@ def serve_bare(port: int, new: int, tick: float) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def through_http(model_dir: str, clients: int, new: int, rounds: int) -> tuple[dict, dict]:
+def through_http(model_dir: str, clients: int, new: int, rounds: int, device: str) -> tuple[dict, dict, dict]:
     ours = measure_server([sys.executable, "-m", "app.cli", "serve"],
-                          {"GPT2_MODEL": model_dir, "GPT2_LOAD_FORMAT": "dummy", "GPT2_DEVICE": "cpu",
+                          {"GPT2_MODEL": model_dir, "GPT2_LOAD_FORMAT": "dummy", "GPT2_DEVICE": device,
                            "GPT2_MAX_BATCH_SIZE": str(clients), "GPT2_MAX_QUEUE": str(clients)},
                           "/readyz", clients, new, rounds, with_engine=True)
     bare = measure_server([sys.executable, __file__, "--serve-bare"], {"BARE_TICK": "0"}, "/readyz", clients, new,
@@ -246,8 +252,10 @@ def through_http(model_dir: str, clients: int, new: int, rounds: int) -> tuple[d
 
 
 # --- 3. GPT-2 small ------------------------------------------------------------------------------
-def gpt2_small() -> None:
-    for script, extra in (("engine.py", ["--concurrency", "32"]), ("serving.py", [])):
+def gpt2_small(device: str) -> None:
+    extra_gpu = [] if device == "cpu" else ["--dtype", "bfloat16"]
+    for script, extra in (("engine.py", ["--concurrency", "32", *extra_gpu]), ("serving.py", [])):
+        extra = [*extra, "--device", device]
         print(f"\n$ python bench/{script} {' '.join(extra)}", flush=True)
         subprocess.run([sys.executable, str(ROOT / "bench" / script), *extra], check=True, cwd=ROOT)
 
@@ -260,6 +268,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --clients streams measured")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--gpt2", action="store_true", help="also rerun the GPT-2 small benchmarks")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N, for every part")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -269,17 +278,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as model_dir:
         (Path(model_dir) / "config.json").write_text(json.dumps(TINY))
-        print(f"# tiny GPT-2 (2 layers, 64 dims, vocabulary 50257), dummy weights, fp32 CPU, "
+        print(f"# tiny GPT-2 (2 layers, 64 dims, vocabulary 50257), dummy weights, fp32, device {args.device}, "
               f"{torch.get_num_threads()} threads, {os.cpu_count()} cores")
         print("\nengine only (16-token prompts, greedy), per sequence per decode step:")
         print(f"{'sequences':>9} {'decode tok/s':>12} {'step ms':>8} {'model us':>9} {'sampler us':>10} "
               f"{'python us':>9}")
         for n in args.sequences:
-            r = engine_only(model_dir, n, args.new)
+            r = engine_only(model_dir, n, args.new, args.device)
             print(f"{n:9d} {r['decode_tok_s']:12.0f} {r['step_ms']:8.2f} {r['model_us']:9.2f} "
                   f"{r['sampler_us']:10.2f} {r['python_us']:9.2f}", flush=True)
         if not args.skip_http:
-            ours, bare, paced = through_http(model_dir, args.clients, args.new, args.rounds)
+            ours, bare, paced = through_http(model_dir, args.clients, args.new, args.rounds, args.device)
             print(f"\nthrough HTTP: {args.clients} streaming clients x {args.new} tokens, {args.rounds} rounds "
                   "(CPU time per streamed token, all threads of the process)")
             print(f"  gpt2-serve          API process {ours['api_us']:6.1f} us ({ours['api_system_us']:.1f} in the "
@@ -292,7 +301,7 @@ def main() -> None:
             print(f"  API process / floor: {ours['api_us'] / bare['api_us']:.2f}x unpaced, "
                   f"{ours['api_us'] / paced['api_us']:.2f}x paced")
     if args.gpt2:
-        gpt2_small()
+        gpt2_small(args.device)
 
 
 if __name__ == "__main__":

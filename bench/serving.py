@@ -82,11 +82,11 @@ async def throughput(run_one, prompts: list[list[int]], new: int) -> float:
 
 
 async def main_async(args) -> None:
-    settings = {"GPT2_MODEL": args.model, "GPT2_LOAD_FORMAT": "dummy", "GPT2_DEVICE": "cpu",
+    settings = {"GPT2_MODEL": args.model, "GPT2_LOAD_FORMAT": "dummy", "GPT2_DEVICE": args.device,
                 "GPT2_MAX_BATCH_SIZE": str(args.concurrency), "GPT2_METRICS": "true"}
     proc, url = start_server(settings)
     try:
-        direct = await start_engine(Settings(model=args.model, load_format="dummy", device="cpu",
+        direct = await start_engine(Settings(model=args.model, load_format="dummy", device=args.device,
                                              max_batch_size=args.concurrency))
         gen = torch.Generator().manual_seed(0)
         prompts = torch.randint(0, 50257, (args.concurrency, args.prompt), generator=gen).tolist()
@@ -122,6 +122,7 @@ async def main_async(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new", type=int, default=128)

@@ -61,6 +61,11 @@ def load_model(model: str, load_format: str = "auto", device: str = "auto", dtyp
     """Load GPT2_MODEL (a hub id or a local directory), or dummy weights with its shapes."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dev.type == "cuda":
+        # cuDNN's attention plans per shape, and a decode's key length grows every step: it
+        # re-planned on every call (~20 ms of CPU each, measured on an H200). The other kernels
+        # (memory-efficient, flash) take any shape as is.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if load_format == "dummy":
         config, tokenizer_dir = dummy_config(model), PACKAGED_TOKENIZER
         local = Path(model)

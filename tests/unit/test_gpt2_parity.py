@@ -31,9 +31,10 @@ def step_logits(runner: ModelRunner, decodes: list[Sequence], prefills: list[tup
     batch = SchedulerOutput(decodes=decodes, prefills=prefills)
     runner._decode = None  # these decodes are new to it
     plan = runner._plan(batch, runner._decode_layout(batch))
+    dev = runner.device
     with torch.inference_mode():
-        logits = runner.model.logits(runner.model(torch.tensor(ids), torch.tensor(positions), torch.tensor(slots),
-                                                  plan, runner.cache))
+        logits = runner.model.logits(runner.model(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev),
+                                                  torch.tensor(slots, device=dev), plan, runner.cache)).cpu()
     out, row = [], 0
     for seq, n in chunks:
         out.append(logits[row : row + n])
@@ -68,7 +69,7 @@ def random_prompts(seed: int, lengths: tuple[int, ...]) -> list[list[int]]:
 
 
 def test_prefill_and_decode_match_transformers(tiny_model_dir, hf_model):
-    runner = ModelRunner(load_model(tiny_model_dir).model, num_slots=4, max_len=512, eos_token_id=None)
+    runner = ModelRunner(load_model(tiny_model_dir, dtype="float32").model, num_slots=4, max_len=512, eos_token_id=None)
     prompts = random_prompts(1, (1, 7, 33, 130))
     seqs = sequences(prompts, [0, 1, 2, 3])
     for seq, ours in zip(seqs, step_logits(runner, [], [(s, s.num_prompt_tokens) for s in seqs]), strict=True):
@@ -79,7 +80,7 @@ def test_prefill_and_decode_match_transformers(tiny_model_dir, hf_model):
 
 
 def test_chunked_prefill_and_scattered_slots_match_transformers(tiny_model_dir, hf_model):
-    runner = ModelRunner(load_model(tiny_model_dir).model, num_slots=6, max_len=512, eos_token_id=None)
+    runner = ModelRunner(load_model(tiny_model_dir, dtype="float32").model, num_slots=6, max_len=512, eos_token_id=None)
     long, short = random_prompts(2, (130, 9))
     seqs = sequences([long, short], [4, 1])  # slots 2 and 3 are holes in the range the decodes span
     ref = reference_logits(hf_model, long)
@@ -94,7 +95,7 @@ def test_chunked_prefill_and_scattered_slots_match_transformers(tiny_model_dir, 
 
 
 def test_decodes_and_prefill_chunks_in_one_forward_match_transformers(tiny_model_dir, hf_model):
-    runner = ModelRunner(load_model(tiny_model_dir).model, num_slots=8, max_len=512, eos_token_id=None)
+    runner = ModelRunner(load_model(tiny_model_dir, dtype="float32").model, num_slots=8, max_len=512, eos_token_id=None)
     a, b, c = random_prompts(3, (20, 45, 90))
     decoding = sequences([a, b], [5, 2])
     step_logits(runner, [], [(s, s.num_prompt_tokens) for s in decoding])
