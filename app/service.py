@@ -66,17 +66,34 @@ def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
     return core, info
 
 
+# Read once, when torch loads its thread pools: the engine process sets them before importing torch
+# (and so do the benchmarks that step an engine in their own process). A value already in the
+# environment wins.
+ENGINE_ENVIRONMENT = {
+    # OpenMP's worker threads wait between the model's kernels. libgomp's default spins ~3 ms
+    # first, which steals the core the API process needs to stream tokens (7x fewer tokens/s
+    # through HTTP with the tiny model on 2 cores); sleeping at once (PASSIVE) pays a wake-up per
+    # kernel instead (GPT-2 small: 28 vs 22 ms per decode step at batch 1). Spinning ~50 us
+    # (5000 spins) covers the gaps between one step's kernels and gives the core back between
+    # steps: GPT-2 small 12% lower latency and 5% more tokens/s through HTTP than PASSIVE, the
+    # tiny model 18% fewer (bench/serving.py, bench/overhead.py; docs/performance.md).
+    "OMP_WAIT_POLICY": "ACTIVE",
+    "GOMP_SPINCOUNT": "5000",
+    # oneDNN keeps a compiled kernel per matmul shape, 1024 by default; prefill chunks come in every
+    # length, so that cache alone grew the engine by ~230 MB over a few thousand mixed requests
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "128",
+}
+
+
+def prepare_engine_environment() -> None:
+    for name, value in ENGINE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+
+
 def run_engine_core(settings: Settings, address: str, ready: Connection, parent_pid: int) -> None:
     """The engine process's main: load, report ready (or why not) on `ready`, then serve `address`
     until the parent process goes away."""
-    # OpenMP threads that spin between the model's kernels steal the core the API process needs
-    # to stream tokens (libgomp spins by default): 7x fewer tokens/s through HTTP with the tiny
-    # model on 2 cores (bench/overhead.py). Passive threads sleep at once; set OMP_WAIT_POLICY=ACTIVE
-    # where the engine has cores of its own. (Before torch is imported, i.e. before libgomp reads it.)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # oneDNN keeps a compiled kernel per matmul shape, 1024 by default; prefill chunks come in every
-    # length, so that cache alone grew the engine by ~230 MB over a few thousand mixed requests
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
+    prepare_engine_environment()  # before torch is imported
     from app.engine.core import CoreServer
     from app.logs import configure_logging
 

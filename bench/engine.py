@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine process runs (app/service.py)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app.service import prepare_engine_environment  # noqa: E402
+
+prepare_engine_environment()  # as the engine process does, before torch is imported
 
 import torch  # noqa: E402
 

@@ -30,9 +30,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the engine process runs (app/service.py)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from app.service import prepare_engine_environment  # noqa: E402
+
+prepare_engine_environment()  # as the engine process does, before torch is imported
 
 TINY = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 64, "n_layer": 2, "n_head": 4,
         "layer_norm_epsilon": 1e-5}

@@ -27,6 +27,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from app.service import prepare_engine_environment  # noqa: E402
+
+prepare_engine_environment()  # as the engine process does, before torch is imported
 
 import httpx  # noqa: E402
 import torch  # noqa: E402
@@ -110,8 +113,9 @@ async def main_async(args) -> None:
     h, d = statistics.median(http_tps), statistics.median(direct_tps)
     added = (statistics.median(http_lat) - statistics.median(direct_lat)) * 1e3
     paired = statistics.median(h - d for h, d in zip(http_lat, direct_lat, strict=True)) * 1e3
-    print(f"# {args.model} shapes, dummy weights, fp32 CPU, {torch.get_num_threads()} threads; {args.concurrency} "
-          f"streaming clients x ({args.prompt} prompt + {args.new} new tokens), {args.repeats} alternating repeats")
+    print(f"# {args.model} shapes, dummy weights, device {args.device} (its default dtype), "
+          f"{torch.get_num_threads()} threads; {args.concurrency} streaming clients x ({args.prompt} prompt + "
+          f"{args.new} new tokens), {args.repeats} alternating repeats")
     print(f"throughput  HTTP {h:8.1f} tok/s   direct engine {d:8.1f} tok/s   ratio {h / d:6.1%}")
     print(f"            per repeat HTTP {[round(x, 1) for x in http_tps]} direct {[round(x, 1) for x in direct_tps]}")
     print(f"latency     HTTP median {statistics.median(http_lat) * 1e3:7.2f} ms   direct median "
