@@ -27,7 +27,7 @@ PYTHON=${PYTHON:-$(command -v python || command -v python3 || true)}
 # Kubernetes versions the manifests must be valid for: the oldest we support and the newest
 # schema kubernetes-validate ships.
 K8S_VERSIONS=${K8S_VERSIONS:-"1.29.0 1.37.0"}
-OVERLAYS=(gpu cpu)
+OVERLAYS=(gpu cpu trained)
 COMPOSE_PROFILES_TO_CHECK=(gpu cpu)
 
 missing=()
@@ -101,6 +101,9 @@ for o in "${OVERLAYS[@]}"; do
         done
         check "promtool check rules (PrometheusRule of overlays/$o)" promtool check rules "$TMP/$o.rules.yml"
     fi
+done
+for v in $K8S_VERSIONS; do
+    check "kubernetes-validate --strict train-job.yaml (k8s $v)" k8s_validate deploy/k8s/train-job.yaml "$v"
 done
 check "PrometheusRule in sync with alerts.yml" "$PYTHON" deploy/k8s/make_prometheusrule.py --check
 

@@ -139,7 +139,7 @@ function renderStats(result) {
   $("score-stats").replaceChildren(...rows.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
 }
 
-/** The judge of issue 12: detection.judge and response.detector; absent means no judge is loaded. */
+/** The trained judge (GPT2_DETECTOR): detection.judge and response.detector; absent means no judge is loaded. */
 function renderVerdict(result, response) {
   const judge = result.detection ? result.detection.judge : null;
   const detector = response.detector;

@@ -12,8 +12,11 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
+from app.detect.features import FEATURE_NAMES
+from app.detect.judge import Judge, ModelIdentity
 from tests.integration.conftest import start_server
 
 MODEL = "tiny-gpt2"
@@ -37,6 +40,22 @@ def _require(name: str, *candidates: str) -> str:
 def server(tiny_model_dir):
     """The service with the tiny model and no API keys."""
     live = start_server(model=tiny_model_dir, served_model_name=MODEL)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def judged_server(server, tiny_model_dir, tmp_path_factory):
+    """The service with a judge (GPT2_DETECTOR) for the tiny model. Its weights are set by hand:
+    the page must show whatever the server answers; tests/detect covers training a good one."""
+    card = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"][0]
+    identity = ModelIdentity(MODEL, tiny_model_dir, card["num_parameters"], card["load_format"])
+    coef = [0.5 if name == "mean_log_rank" else 0.1 if name == "fast_detect_gpt" else 0.0 for name in FEATURE_NAMES]
+    judge = Judge("ui-judge", identity, list(FEATURE_NAMES), [0.0] * len(coef), [1.0] * len(coef), coef,
+                  intercept=-4.0, calibration=(1.0, 0.0), threshold=0.5)
+    directory = tmp_path_factory.mktemp("judge")
+    judge.save(directory)
+    live = start_server(model=tiny_model_dir, served_model_name=MODEL, detector=str(directory))
     yield live
     live.stop()
 
@@ -103,8 +122,9 @@ def page(browser, server, request):
     console_errors(browser)
     yield browser
     allowed = {server.url}
-    if "keyed_server" in request.fixturenames:
-        allowed.add(request.getfixturevalue("keyed_server").url)
+    for other in ("keyed_server", "judged_server"):
+        if other in request.fixturenames:
+            allowed.add(request.getfixturevalue(other).url)
     urls = requested_urls(browser)
     assert urls and not foreign_urls(urls, allowed), f"requests to other hosts: {foreign_urls(urls, allowed)}"
     errors = console_errors(browser)

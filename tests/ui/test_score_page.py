@@ -38,7 +38,7 @@ def scored(page, server, tmp_path):
     return page, api_score(server, input=TEXT)["data"][0]
 
 
-def test_every_token_is_coloured_with_the_bucket_that_v1_score_reports(scored, tmp_path):
+def test_every_token_is_coloured_with_the_bucket_that_v1_score_reports(scored, server, tmp_path):
     page, expected = scored
     spans = page.find_elements(By.CSS_SELECTOR, "#tokens .tok")
     assert len(spans) == len(expected["tokens"]) == expected["num_tokens"] + 1  # the first token is not scored
@@ -58,8 +58,10 @@ def test_every_token_is_coloured_with_the_bucket_that_v1_score_reports(scored, t
     bins = page.find_elements(By.CSS_SELECTOR, "#rank-histogram g.bin")
     assert [int(b.get_attribute("data-count")) for b in bins] == histogram_counts(expected["ranks"])
     assert "ranked tokens" in find(page, "#histogram-summary").text
-    # no judge loaded: said so quietly
-    assert find(page, '#verdict-body [data-judge="absent"]').text.startswith("No trained judge is loaded")
+    # no judge loaded: said so quietly, in the server's words
+    detector = api_score(server, input=TEXT)["detector"]
+    assert detector["loaded"] is False
+    assert find(page, '#verdict-body [data-judge="absent"]').text.startswith(detector["message"])
     assert not find(page, "#dummy-banner").is_displayed()
     assert "tiny-gpt2" in find(page, "#model-info").text
     screenshot(page, tmp_path, "score")
@@ -94,46 +96,51 @@ def test_the_bucket_edges_are_gltrs(page, server):
     assert buckets == [bucket_of(rank) for rank in ranks]
 
 
-JUDGE = {"machine_probability": 0.93, "verdict": "machine", "threshold": 0.5,
-         "top_features": [{"name": "mean_log_rank", "value": 1.2, "contribution": 2.3},
-                          {"name": "fast_detect_gpt", "value": 3.1, "contribution": -0.4}]}
+def test_a_loaded_judge_shows_the_servers_verdict_probability_and_features(page, judged_server, tmp_path):
+    open_page(page, judged_server.url)
+    score_in_page(page, TEXT)
+    answer = api_score(judged_server, input=TEXT)
+    judge = answer["data"][0]["detection"]["judge"]
+    assert answer["detector"] == {"loaded": True, "name": "ui-judge", "threshold": 0.5}
+    verdict = find(page, "#verdict-body")
+    label = "Likely machine-written" if judge["verdict"] == "machine" else "Likely human-written"
+    assert find(page, f'#verdict-body [data-judge="{judge["verdict"]}"]').text == label
+    assert f"{judge['machine_probability'] * 100:.1f} %" in verdict.text
+    assert "threshold 0.5" in verdict.text and "ui-judge" in verdict.text
+    assert float(find(page, "#judge-meter").get_attribute("value")) == pytest.approx(judge["machine_probability"])
+    rows = [row.text.split()[0] for row in page.find_elements(By.CSS_SELECTOR, "#judge-features tbody tr")]
+    assert rows == [feature["name"] for feature in judge["top_features"]]
+    screenshot(page, tmp_path, "verdict")
 
-# Until the judge (issue 12) lands, /v1/score does not send it: add it to the real answer in the page.
-FAKE_JUDGE = """
-const judge = arguments[0];
-const realFetch = window.fetch;
-window.fetch = async (url, init) => {
-  const response = await realFetch(url, init);
+
+# The other states of the verdict, from the real answer with its judge part replaced in the page.
+REPLACE_JUDGE = """
+const [detector, judge] = arguments;
+window.fetch = ((inner) => async (url, init) => {
+  const response = await inner(url, init);
   if (!String(url).endsWith("/v1/score") || !response.ok) return response;
   const body = await response.json();
-  body.detector = {loaded: true, name: "logreg-test", threshold: 0.5};
+  body.detector = detector;
   for (const result of body.data) result.detection.judge = judge;
   return new Response(JSON.stringify(body), {status: 200, headers: {"Content-Type": "application/json"}});
-};
+})(window.fetch);
 """
 
 
-def test_a_loaded_judge_shows_its_verdict_probability_and_features(page, server, tmp_path):
+def test_the_verdicts_other_states(page, server):
     open_page(page, server.url)
-    page.execute_script(FAKE_JUDGE, JUDGE)
+    judge = {"machine_probability": 0.12, "verdict": "human", "threshold": 0.5,
+             "top_features": [{"name": "mean_log_rank", "value": 1.2, "contribution": -2.3}]}
+    page.execute_script(REPLACE_JUDGE, {"loaded": True, "name": "j", "threshold": 0.5}, judge)
     score_in_page(page, TEXT)
     verdict = find(page, "#verdict-body")
-    assert find(page, '#verdict-body [data-judge="machine"]').text == "Likely machine-written"
-    assert "93.0 %" in verdict.text and "threshold 0.5" in verdict.text and "logreg-test" in verdict.text
-    assert float(find(page, "#judge-meter").get_attribute("value")) == 0.93
-    rows = [row.text for row in page.find_elements(By.CSS_SELECTOR, "#judge-features tbody tr")]
-    assert rows == ["mean_log_rank 1.200 +2.30", "fast_detect_gpt 3.100 \u22120.40"]
-    screenshot(page, tmp_path, "verdict")
-    page.execute_script(FAKE_JUDGE, {**JUDGE, "machine_probability": 0.12, "verdict": "human", "top_features": []})
-    score_in_page(page, TEXT)
     assert find(page, '#verdict-body [data-judge="human"]').text == "Likely human-written"
-    assert "12.0 %" in verdict.text and not page.find_elements(By.ID, "judge-features")
+    assert "12.0 %" in verdict.text
+    assert [r.text for r in page.find_elements(By.CSS_SELECTOR, "#judge-features tbody tr")] == \
+        ["mean_log_rank 1.200 \u22122.30"]
     # a judge that is configured but failed to load (its message shown)
-    page.execute_script("""window.fetch = ((inner) => async (url, init) => {
-      const response = await inner(url, init); const body = await response.json();
-      body.detector = {loaded: false, message: "the judge in /models/judge could not be read"};
-      for (const result of body.data) result.detection.judge = null;
-      return new Response(JSON.stringify(body), {status: 200});})(window.fetch)""")
+    page.execute_script(REPLACE_JUDGE, {"loaded": False, "message": "the judge in /models/judge could not be read"},
+                        None)
     score_in_page(page, TEXT)
     assert find(page, '#verdict-body [data-judge="absent"]').text.startswith("the judge in /models/judge could not")
 
