@@ -122,7 +122,8 @@ async def start_engine(settings: Settings) -> EngineClient:
 
 async def connect_engine(settings: Settings, handle: EngineHandle) -> EngineClient:
     """Connect to the engine core that the supervisor started (GPT2_API_SERVERS > 1)."""
-    return await EngineClient.connect(handle, max_queue=settings.max_queue, step_timeout=settings.step_timeout)
+    return await EngineClient.connect(handle, max_queue=settings.max_queue, step_timeout=settings.step_timeout,
+                                      clients=settings.api_servers)
 
 
 async def load_tokenizer(info: EngineInfo) -> Tokenizer:

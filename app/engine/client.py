@@ -168,9 +168,12 @@ def _kill(process: multiprocessing.Process) -> None:
 
 class EngineClient:
     def __init__(self, info: EngineInfo, address: str, *, max_queue: int, step_timeout: float,
-                 records_step_stats: bool = True, process: EngineProcess | None = None):
+                 records_step_stats: bool = True, process: EngineProcess | None = None, clients: int = 1):
         self.info = info
-        self.capacity = info.max_batch_size + max_queue  # sequences in flight: running + waiting
+        # sequences in flight (running + waiting) this client may admit: with several API processes
+        # on one engine (GPT2_API_SERVERS), each its equal share, so that together they never queue
+        # more than the engine's capacity
+        self.capacity = max(1, (info.max_batch_size + max_queue) // clients)
         self.step_timeout = step_timeout
         self.dead: str | None = None  # why the engine is gone, once it is
         self.last_stats: StepStats | None = None  # the engine's latest (if this client records stats)
@@ -201,10 +204,11 @@ class EngineClient:
         return cls(process.info, process.address, max_queue=max_queue, step_timeout=step_timeout, process=process)
 
     @classmethod
-    async def connect(cls, handle: EngineHandle, *, max_queue: int, step_timeout: float) -> "EngineClient":
-        """Connect to an engine started by another process (which supervises it)."""
+    async def connect(cls, handle: EngineHandle, *, max_queue: int, step_timeout: float,
+                      clients: int) -> "EngineClient":
+        """Connect to an engine started by another process (which supervises it), one of `clients`."""
         return cls(handle.info, handle.address, max_queue=max_queue, step_timeout=step_timeout,
-                   records_step_stats=handle.records_step_stats)
+                   records_step_stats=handle.records_step_stats, clients=clients)
 
     # --- requests ----------------------------------------------------------------------------
     def submit(self, sequences: list[Submission]) -> list[RequestStream]:
