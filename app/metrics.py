@@ -168,8 +168,10 @@ class Metrics:
         self.device_memory_total = Gauge("gpt2_device_memory_total_bytes", "CUDA/MPS: the device's memory; CPU: "
                                          "the machine's RAM (or the cgroup limit).", registry=r,
                                          multiprocess_mode="livemax")
+        # with several API processes: up if any of them sees it up (one still starting reads 0 until it
+        # connects; on a death every one of them sets 0)
         self.engine_up = Gauge("gpt2_engine_up", "1 while the engine process runs and answers; 0 before it is "
-                               "ready and once it died or hung.", registry=r, multiprocess_mode="livemin")
+                               "ready and once it died or hung.", registry=r, multiprocess_mode="livemax")
 
         # Series that exist (at 0) before the first event, so dashboards and alerts have data.
         self._steps = {phase: self.step_duration.labels(phase) for phase in PHASES}

@@ -162,7 +162,10 @@ def watch(engine: EngineProcess, workers: list[multiprocessing.Process], stoppin
             worker = alive.pop(sentinel)
             worker.join()
             multiprocess.mark_process_dead(worker.pid)
-            if worker.exitcode != 0 or not stopping():
+            # killed by our own SIGTERM before it set its handlers (still starting): it never accepted
+            # a connection, so that is a clean exit too
+            clean = worker.exitcode == 0 or (stopping() and worker.exitcode == -signal.SIGTERM)
+            if not clean or not stopping():
                 log.critical("API process %s exited (code %s); stopping", worker.name, worker.exitcode)
                 return 1
     return 0
