@@ -199,8 +199,8 @@ def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScore
     """One input's entry of the response (a ScoreResult, as plain data): the per-token arrays when
     asked, the numbers always."""
     out = {"index": item.index, "tokens": None, "token_ids": None, "token_logprobs": None, "ranks": None,
-           "top_logprobs": None, "entropies": None,
-           "logprob_variances": None, "num_context_tokens": len(item.context_ids),
+           "top_logprobs": None, "entropies": None, "logprob_variances": None,
+           "num_context_tokens": len(item.context_ids),
            "num_tokens": summary.num_tokens, "sum_logprob": summary.sum_logprob, "mean_logprob": summary.mean_logprob,
            "perplexity": summary.perplexity, "is_greedy": summary.is_greedy, "num_windows": len(item.windows),
            "detection": detection_of(summary, judge_verdict(service.judge, merged, summary))}
