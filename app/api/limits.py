@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from app.api.errors import APIError
 from app.config import Settings
+from app.engine.client import admission_share
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class Limits:
     @classmethod
     def from_settings(cls, s: Settings) -> "Limits":
         # one request's share of the queue, and never more than one API process may admit at once
-        # (its share of the engine's capacity with GPT2_API_SERVERS > 1): it could never run
-        share = min(math.floor(s.max_request_share * s.max_queue), (s.max_batch_size + s.max_queue) // s.api_servers)
+        # (with GPT2_API_SERVERS > 1): it could never run
+        share = min(math.floor(s.max_request_share * s.max_queue),
+                    admission_share(s.max_batch_size, s.max_queue, s.api_servers))
         return cls(s.max_inputs, s.max_input_chars, max(1, share), s.max_request_tokens, s.max_response_entries,
                    s.max_logit_bias, s.max_stop_chars, s.min_stride)
 

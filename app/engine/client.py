@@ -166,14 +166,18 @@ def _kill(process: multiprocessing.Process) -> None:
     process.join(5)
 
 
+def admission_share(max_batch_size: int, max_queue: int, clients: int) -> int:
+    """Sequences in flight (running + waiting) one client may admit: with several API processes on
+    one engine (GPT2_API_SERVERS), each its equal share, so that together they never queue more
+    than the engine's capacity."""
+    return max(1, (max_batch_size + max_queue) // clients)
+
+
 class EngineClient:
     def __init__(self, info: EngineInfo, address: str, *, max_queue: int, step_timeout: float,
                  records_step_stats: bool = True, process: EngineProcess | None = None, clients: int = 1):
         self.info = info
-        # sequences in flight (running + waiting) this client may admit: with several API processes
-        # on one engine (GPT2_API_SERVERS), each its equal share, so that together they never queue
-        # more than the engine's capacity
-        self.capacity = max(1, (info.max_batch_size + max_queue) // clients)
+        self.capacity = admission_share(info.max_batch_size, max_queue, clients)
         self.step_timeout = step_timeout
         self.dead: str | None = None  # why the engine is gone, once it is
         self.last_stats: StepStats | None = None  # the engine's latest (if this client records stats)
