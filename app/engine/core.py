@@ -99,6 +99,7 @@ class EngineCore:
         row = len(batch.decodes)
         for i, (seq, n) in enumerate(batch.prefills):
             seq.num_computed += n
+            seq.readout = result.readouts.get(i, seq.readout)
             scores = result.prompt_scores.get(i)
             if scores is not None:
                 if seq.prompt_scores is None:
@@ -112,7 +113,7 @@ class EngineCore:
             if not seq.params.max_tokens:  # a prompt-only request: scored, nothing to generate
                 self._finish(seq, FinishReason.LENGTH, now)
                 outputs.append(RequestOutput(seq.request_id, prompt_scores=seq.prompt_scores,
-                                             finish_reason=seq.finish_reason, stats=seq.stats))
+                                             finish_reason=seq.finish_reason, stats=seq.stats, readout=seq.readout))
                 continue
             token, logprob = tokens[row], logprobs[row] if logprobs else None
             row += 1
@@ -121,7 +122,7 @@ class EngineCore:
             self.scheduler.start_decoding(seq)
             self._check_stop(seq, token, now)
             outputs.append(RequestOutput(seq.request_id, [token], [logprob] if logprob else [], seq.prompt_scores,
-                                         seq.finish_reason, None, 1, seq.stats))
+                                         seq.finish_reason, None, 1, seq.stats, seq.readout))
         return outputs, latencies
 
     def _check_stop(self, seq: Sequence, token_id: int, now: float) -> None:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from app.engine.inspection import Readout
+from app.engine.readout import Reader
 from app.engine.sampler import Sampler
 from app.engine.scheduler import SchedulerOutput
 from app.engine.sequence import PromptScores, SamplingParams, Sequence, TokenLogprob
@@ -37,6 +39,7 @@ class StepResult:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob | None] | None = None  # aligned with tokens, when any row asked
     prompt_scores: dict[int, PromptScores] = field(default_factory=dict)  # by prefill chunk index
+    readouts: dict[int, Readout] = field(default_factory=dict)  # likewise, for explain and embed (readout.py)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class ModelRunner:
         # the tokens the tokenizer knows: a checkpoint may pad its embedding beyond them
         self.vocab_size = min(vocab_size or model.config.vocab_size, model.config.vocab_size)
         self.sampler = Sampler(num_slots, self.vocab_size, eos_token_id, self.device)
+        self.reader = Reader(self.model, self.logits, self.device)
         self.next_token = np.zeros(num_slots, np.int64)  # each slot's next input token (when decoding)
         self.next_pos = np.zeros(num_slots, np.int64)  # ... and its position: the tokens cached so far
         self._decode: DecodeLayout | None = None
@@ -106,13 +110,16 @@ class ModelRunner:
             self.next_pos[seq.slot] = start + n
             row += n
 
+        reading = self.reader.plan(batch.prefills, B)  # hidden states that explain and embed read
         logit_rows = None if sample_rows is None and not spans else [
-            *(sample_rows or range(B)), *(r for _, r, count, _ in spans for r in range(r, r + count))]
+            *(sample_rows or range(B)), *(r for _, r, count, _ in spans for r in range(r, r + count)),
+            *reading.final_rows]
         dev = self.device
         hidden = self.model(torch.from_numpy(np.concatenate(ids)).to(dev),
                             torch.from_numpy(np.concatenate(positions)).to(dev),
                             torch.from_numpy(np.concatenate(slots)).to(dev), self._plan(batch, layout), self.cache,
-                            None if logit_rows is None else torch.tensor(logit_rows, dtype=torch.long, device=dev))
+                            None if logit_rows is None else torch.tensor(logit_rows, dtype=torch.long, device=dev),
+                            reading.capture)
         self.next_pos[layout.slots] += 1
 
         result = StepResult()
@@ -132,6 +139,8 @@ class ModelRunner:
             targets = seq.prompt_token_ids[first : first + count]
             result.prompt_scores[i] = self._score(hidden[offset : offset + count], targets, seq.params)
             offset += count
+        if reading.reads:
+            result.readouts = self.reader.collect(reading, hidden[offset:], self.cache)
         return result
 
     def _decode_layout(self, batch: SchedulerOutput) -> DecodeLayout:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from app.engine.inspection import EmbedParams, ExplainParams, Readout
 from app.engine.stats import RequestStats
 
 
@@ -35,6 +36,8 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     prompt_logprobs: int | None = None  # None: none; k: score prompt tokens, with the top k alternatives
     prompt_logprobs_from: int = 1  # the first prompt token to score (>= 1: token 0 has no context)
     prompt_stats: bool = False  # with prompt_logprobs: entropy and variance of log p per position
+    explain: ExplainParams | None = None  # attention and logit lens at prompt positions (inspection.py)
+    embed: EmbedParams | None = None  # pooled hidden states of the prompt (inspection.py)
 
     @property
     def greedy(self) -> bool:
@@ -43,6 +46,12 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     @property
     def uses_penalties(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+    @property
+    def needs_all_hidden_states(self) -> bool:
+        """Every prompt position must go through the model in this request (its hidden states are read:
+        explain, embeddings), even where another request's cached keys could stand in for them."""
+        return self.explain is not None or self.embed is not None
 
 
 class FinishReason(str, enum.Enum):
@@ -92,6 +101,7 @@ class RequestOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=Fals
     error: str | None = None  # why it ended with FinishReason.ERROR
     num_output_tokens: int = 0  # total so far
     stats: RequestStats | None = None  # on the last output
+    readout: Readout | None = None  # with explain or embed: on the output that ends the prompt
 
     @property
     def finished(self) -> bool:
@@ -120,6 +130,7 @@ class Sequence:
     num_computed: int = 0
     finish_reason: FinishReason | None = None
     prompt_scores: PromptScores | None = None  # filled chunk by chunk during prefill
+    readout: Readout | None = None  # likewise, with explain or embed (engine/readout.py)
     # timings (time.monotonic) for stats
     scheduled_time: float | None = None
     first_token_time: float | None = None

@@ -9,7 +9,7 @@ Shapes: T packed tokens, C n_embd, H n_head, D head_dim, S cache slots, P n_posi
 V vocab, L n_layer.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,15 @@ class AttentionPlan:
     decode_rows: Tensor | None = None  # [num_decode] row of each decode within the slot range
     decode_mask: Tensor | None = None  # [R, 1, 1, span] bool, True = may attend
     prefills: tuple[Prefill, ...] = ()
+
+
+@dataclass
+class Capture:
+    """Packed rows whose residual stream the forward keeps, by layer: `rows[l]` [R] -> `residuals[l]`
+    [R, C], the stream entering block l (0: the embeddings). (The final hidden state is the output.)"""
+
+    rows: dict[int, Tensor]
+    residuals: dict[int, Tensor] = field(default_factory=dict)
 
 
 class KVCache:
@@ -178,12 +187,14 @@ class GPT2(nn.Module):
         return True
 
     def forward(self, input_ids: Tensor, positions: Tensor, slots: Tensor, plan: AttentionPlan,
-                cache: KVCache, logits_index: Tensor | None = None) -> Tensor:
+                cache: KVCache, logits_index: Tensor | None = None, capture: Capture | None = None) -> Tensor:
         """input_ids, positions, slots: [T]. Writes the tokens' keys and values into the cache
         and returns the final hidden states [K, C] of the tokens in logits_index (all if None);
-        `logits()` turns them into vocabulary logits."""
+        `logits()` turns them into vocabulary logits. `capture` keeps rows of the residual stream."""
         x = self.wte(input_ids) + self.wpe(positions)  # [T, C]
         for i, block in enumerate(self.h):
+            if capture is not None and i in capture.rows:
+                capture.residuals[i] = x.index_select(0, capture.rows[i])
             x = block(x, cache.k[i], cache.v[i], slots, positions, plan)
         if logits_index is not None:
             x = x.index_select(0, logits_index)
