@@ -73,11 +73,18 @@ class Settings(BaseSettings):
     max_logit_bias: int = Field(300, ge=0, description="Entries of logit_bias per request (OpenAI's limit).")
     max_stop_chars: int = Field(256, ge=1, description="Characters per stop string.")
     min_stride: int = Field(64, ge=1, description="Smallest sliding-window stride /v1/score accepts.")
+    max_explain_positions: int = Field(1024, ge=0, description="Positions one /v1/score request may explain "
+                                       "(`explain`), all inputs together; each costs the engine L + 1 rows of the "
+                                       "unembedding (docs/scoring.md). 0 turns explain off.")
 
     # --- extras ------------------------------------------------------------------------------
     ui: bool = Field(True, description="Serve the page at /ui (scoring and generation in a browser).")
     detector: str | None = Field(None, description="Directory of a judge trained by `gpt2-serve train-detector`: "
                                  "/v1/score with detect=true adds its machine probability and verdict.")
+    embedding_reference: str | None = Field(None, description="A reference corpus (a file of texts, one per line "
+                                            "or .jsonl, or a directory of them) whose per-dimension mean and std "
+                                            "standardise /v1/embeddings. The engine computes them at start-up and "
+                                            "saves them beside the model (docs/embeddings.md).")
 
     # --- observability -----------------------------------------------------------------------
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line; "

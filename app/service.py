@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -56,11 +57,21 @@ def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
     runner.warm_up()
     scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens)
     core = EngineCore(runner, scheduler, max_model_len, tokenizer.eos_token_id, settings.seed)
-    device = str(loaded.device)
+    device, dtype = str(loaded.device), str(loaded.dtype).removeprefix("torch.")
+    reference = None
+    if settings.embedding_reference:  # statistics that standardise embeddings (app/embedding_stats.py)
+        from app.embedding_stats import load_or_measure
+        from app.engine.readout import reference_statistics
+
+        identity = {"model": settings.model, "load_format": settings.load_format, "dtype": dtype,
+                    "num_parameters": config.num_parameters}
+        runner.reader.stats, reference = load_or_measure(settings, tokenizer, max_model_len, identity,
+                                                         partial(reference_statistics, core), runner.device)
     used, total = device_memory_readers(device)
-    info = EngineInfo(settings.model_name, settings.model, device, str(loaded.dtype).removeprefix("torch."),
-                      settings.load_format, max_model_len, config.num_parameters, runner.vocab_size,
-                      tokenizer.eos_token_id, settings.max_batch_size, str(loaded.tokenizer_dir), total(), used())
+    info = EngineInfo(settings.model_name, settings.model, device, dtype, settings.load_format, max_model_len,
+                      config.num_parameters, runner.vocab_size, tokenizer.eos_token_id, settings.max_batch_size,
+                      str(loaded.tokenizer_dir), total(), used(), num_layers=config.n_layer, num_heads=config.n_head,
+                      hidden_size=config.n_embd, embedding_reference=reference)
     log.info("model %s ready on %s (%s, %s weights, %.0fM parameters, max_model_len %d)", info.source, info.device,
              info.dtype, info.load_format, info.num_parameters / 1e6, max_model_len)
     return core, info

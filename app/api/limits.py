@@ -27,6 +27,7 @@ class Limits:
     max_logit_bias: int
     max_stop_chars: int
     min_stride: int
+    max_explain_positions: int = 0
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Limits":
@@ -35,7 +36,7 @@ class Limits:
         share = min(math.floor(s.max_request_share * s.max_queue),
                     admission_share(s.max_batch_size, s.max_queue, s.api_servers))
         return cls(s.max_inputs, s.max_input_chars, max(1, share), s.max_request_tokens, s.max_response_entries,
-                   s.max_logit_bias, s.max_stop_chars, s.min_stride)
+                   s.max_logit_bias, s.max_stop_chars, s.min_stride, s.max_explain_positions)
 
 
 def refuse(message: str, param: str, setting: str, code: str = "request_too_large") -> APIError:
@@ -79,6 +80,19 @@ def check_cost(sequences: int, tokens: int, entries: int, limits: Limits, param:
         raise refuse(f"the response would hold {entries} per-token entries (positions x (1 + top alternatives)); "
                      f"at most {limits.max_response_entries} are allowed: ask for fewer alternatives or fewer "
                      "tokens", param, "max_response_entries")
+
+
+def check_explain(positions: int, entries: int, limits: Limits) -> None:
+    """/v1/score's explain: the positions explained (each costs the engine L + 1 rows of the
+    unembedding), and the response's entries with them."""
+    if positions > limits.max_explain_positions:
+        raise refuse(f"explain asks for {positions} positions; at most {limits.max_explain_positions} are allowed "
+                     "in one request: name fewer in explain.positions, or send fewer or shorter inputs", "explain",
+                     "max_explain_positions")
+    if entries > limits.max_response_entries:
+        raise refuse(f"with explain, the response would hold {entries} entries (positions x layers x (heads + 1) x "
+                     f"attention_top_k, plus the lens); at most {limits.max_response_entries} are allowed: lower "
+                     "attention_top_k or lens_top_k, or explain fewer positions", "explain", "max_response_entries")
 
 
 def num_windows(num_tokens: int, first_scored: int, max_len: int, stride: int) -> int:

@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -18,12 +19,14 @@ from app.api.errors import APIError
 from app.api.limits import Limits, check_cost, check_texts, num_windows, refuse
 from app.api.offload import OffloadRoute, encode_texts, json_response
 from app.api.record import RecordDep
+from app.api.score_explain import entries_per_position, explain_params, explanation, plan_explain
 from app.api.score_schemas import ScoreRequest, ScoreResponse
 from app.api.submission import check, gather_all, submit_all
 from app.detect.features import features
 from app.detect.judge import Judge
 from app.engine.client import RequestStream
-from app.engine.sequence import PromptScores
+from app.engine.inspection import Readout
+from app.engine.sequence import PromptScores, SamplingParams
 from app.engine.stats import RequestStats
 from app.scoring import Summary, Window, merge_windows, plan_windows, summarize, window_params
 from app.service import Service
@@ -42,6 +45,8 @@ class Item:
     streams: list[RequestStream] = field(default_factory=list)
     scores: list[PromptScores | None] = field(default_factory=list)
     stats: list[RequestStats] = field(default_factory=list)
+    explained: list[int] | None = None  # positions to explain (one window then)
+    readout: Readout | None = None  # their explanation
 
     @property
     def token_ids(self) -> list[int]:
@@ -83,7 +88,7 @@ async def create_score(body: ScoreRequest, request: Request, service: ServiceDep
                 "data": results, "usage": {"prompt_tokens": sent, "scored_tokens": scored, "total_tokens": sent},
                 "detector": detector_info(service.judge)}
 
-    return await json_response(build, entries(body, items))
+    return await json_response(build, entries(body, items, service))
 
 
 def check_stride(body: ScoreRequest, max_len: int, limits: Limits) -> int | None:
@@ -136,6 +141,7 @@ def plan(service: Service, body: ScoreRequest, pairs: list[tuple[list[int], list
     max_len, vocab = service.info.max_model_len, service.info.vocab_size
     several = len(pairs) > 1
     sequences = tokens = 0
+    shapes = []  # (context tokens, tokens, windows) of each input
     for i, (context_ids, input_ids) in enumerate(pairs):
         which = f" (input {i})" if several else ""
         if not input_ids:
@@ -153,23 +159,33 @@ def plan(service: Service, body: ScoreRequest, pairs: list[tuple[list[int], list
         windows = num_windows(n, len(context_ids) or 1, max_len, stride or max_len // 2)
         sequences += windows
         tokens += n if windows <= 1 else windows * max_len  # an upper bound for several windows
+        shapes.append((len(context_ids), n, windows))
     positions = sum(len(input_ids) for _, input_ids in pairs) if body.return_tokens else 0
     check_cost(sequences, tokens, positions * (1 + body.top_logprobs), limits, "input")
+    explained = plan_explain(body.explain, shapes, positions * (1 + body.top_logprobs), service.info, limits)
     items = []
     for i, (context_ids, input_ids) in enumerate(pairs):
         try:
             windows = plan_windows(len(context_ids) + len(input_ids), len(context_ids) or 1, max_len, stride)
         except ValueError as exc:  # only a max_model_len too small for any stride
             raise APIError(400, str(exc), param="stride", code="invalid_value") from exc
-        items.append(Item(i, context_ids, input_ids, windows, scores=[None] * len(windows)))
+        items.append(Item(i, context_ids, input_ids, windows, scores=[None] * len(windows),
+                          explained=explained[i] if explained else None))
     return items
 
 
 def submit(service: Service, body: ScoreRequest, items: list[Item], request_id: str) -> None:
     """Queue every window of every input, or none."""
     params = body.to_sampling_params()
-    sequences = [(f"{request_id}-{item.index}-{w}", item.token_ids[window.begin : window.end],
-                  window_params(params, window)) for item in items for w, window in enumerate(item.windows)]
+
+    def params_of(item: Item, window: Window) -> SamplingParams:
+        windowed = window_params(params, window)
+        if item.explained is None:
+            return windowed
+        return msgspec.structs.replace(windowed, explain=explain_params(body.explain, item.explained))
+
+    sequences = [(f"{request_id}-{item.index}-{w}", item.token_ids[window.begin : window.end], params_of(item, window))
+                 for item in items for w, window in enumerate(item.windows)]
     streams = iter(submit_all(service, sequences))
     for item in items:
         item.streams = [next(streams) for _ in item.windows]
@@ -184,15 +200,18 @@ async def collect(items: list[Item]) -> None:
                 continue
             check(output)
             item.scores[w] = output.prompt_scores or PromptScores()
+            item.readout = output.readout
             if output.stats is not None:
                 item.stats.append(output.stats)
 
     await gather_all([one(item, w) for item in items for w in range(len(item.windows))])
 
 
-def entries(body: ScoreRequest, items: list[Item]) -> int:
+def entries(body: ScoreRequest, items: list[Item], service: Service) -> int:
     """Per-token entries of the response (decides whether it is built in a thread)."""
-    return sum(len(item.input_ids) for item in items) * (1 + body.top_logprobs) if body.return_tokens else len(items)
+    explained = sum(entries_per_position(body.explain, p, service.info) for item in items for p in item.explained or [])
+    return explained + (sum(len(item.input_ids) for item in items) * (1 + body.top_logprobs) if body.return_tokens
+                        else len(items))
 
 
 def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScores, summary: Summary) -> dict:
@@ -203,7 +222,9 @@ def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScore
            "num_context_tokens": len(item.context_ids),
            "num_tokens": summary.num_tokens, "sum_logprob": summary.sum_logprob, "mean_logprob": summary.mean_logprob,
            "perplexity": summary.perplexity, "is_greedy": summary.is_greedy, "num_windows": len(item.windows),
-           "detection": detection_of(summary, judge_verdict(service.judge, merged, summary))}
+           "detection": detection_of(summary, judge_verdict(service.judge, merged, summary)),
+           "explanation": None if body.explain is None else explanation(item.readout, item.token_ids, body.explain,
+                                                                        service.info, service.tokenizer.token_str)}
     if not body.return_tokens:
         return out
     pad = [] if item.context_ids else [None]  # the first token has nothing before it

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from app.api.schemas import Text, Texts, TokenIds, form, one_of
+from app.api.score_explain import Explain, Explanation
 from app.engine.sequence import SamplingParams
 
 MAX_TOP_LOGPROBS = 20
@@ -61,6 +62,10 @@ class ScoreRequest(BaseModel):
     stride: int | None = Field(None, ge=1, description="Sliding window step in tokens, at most max_model_len - 1; "
                                "every token past the first window gets at least max_model_len - stride tokens of "
                                "context. Default max_model_len // 2.", examples=[512])
+    explain: Explain | None = Field(None, description="Also explain how the model read each input: per layer, the "
+                                    "positions each position attended to and the logit lens (see docs/scoring.md; it "
+                                    "costs more than scoring). The input must fit the model's context.",
+                                    examples=[{"attention_top_k": 5, "lens_top_k": 3}])
 
     @field_validator("context")
     @classmethod
@@ -206,6 +211,9 @@ class ScoreResult(BaseModel):
                                         "nothing was scored.", examples=[{
                                             "gltr": {"top_10": 0.62, "top_100": 0.2, "top_1000": 0.12, "rest": 0.06},
                                             "mean_log_rank": 1.9, "mean_entropy": 3.4, "fast_detect_gpt": 1.7}])
+    explanation: Explanation | None = Field(None, description="Attention and logit lens at the explained positions; "
+                                            "null unless explain.", examples=[{"num_layers": 12, "num_heads": 12,
+                                                                               "positions": []}])
 
 
 class ScoreUsage(BaseModel):

@@ -90,6 +90,10 @@ class EngineInfo(msgspec.Struct):
     memory_total: float  # bytes of the model's device (CPU: the machine's RAM or cgroup limit)
     memory_used: float  # bytes in use when it became ready (then: StepStats.memory_used)
     pid: int = 0  # of the engine process
+    num_layers: int = 0  # the model's shape, for explain and embeddings
+    num_heads: int = 0
+    hidden_size: int = 0
+    embedding_reference: str | None = None  # what standardises embeddings (GPT2_EMBEDDING_REFERENCE), if loaded
 
 
 def encoder() -> msgspec.msgpack.Encoder:
