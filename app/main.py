@@ -16,7 +16,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from app import __version__
-from app.api import completions, health, models, score, tokenize
+from app.api import completions, embeddings, health, models, score, tokenize
 from app.api.context import RequestContextMiddleware
 from app.api.deps import AppState, check_api_key
 from app.api.errors import install_error_handlers
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, engine: EngineHandle | None = N
     app.include_router(models.router, **guarded)
     app.include_router(completions.router, **guarded)
     app.include_router(score.router, **guarded)
+    app.include_router(embeddings.router, **guarded)
     app.include_router(tokenize.router, **guarded)
     if settings.ui:
         install_ui(app)

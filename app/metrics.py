@@ -64,7 +64,7 @@ TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 2048, 40
 PHASES = ("prefill", "decode", "mixed")
 REJECTION_REASONS = ("queue_full", "draining", "not_ready", "too_long", "invalid", "unauthorized")
 ABORTED_STATUS = "499"  # nginx's "client closed request"
-MODEL_ENDPOINTS = ("/v1/completions", "/v1/score")
+MODEL_ENDPOINTS = ("/v1/completions", "/v1/score", "/v1/embeddings")
 # what the model endpoints answer (app/api/errors.py), and 499 for a client that went away
 MODEL_ENDPOINT_STATUSES = ("200", "400", "401", "404", "413", "429", ABORTED_STATUS, "500", "503")
 
