@@ -1,27 +1,19 @@
 // The Score section: POST /v1/score, then the text coloured token by token, the details of the
 // focused token, the statistics, the judge's verdict (when one is loaded) and the rank histogram.
 
-import {postJSON} from "./api.js";
+import {ApiError, postJSON} from "./api.js";
 import {BUCKETS, bucketOf} from "./buckets.js";
+import {el, fixed, percent, visible} from "./dom.js";
 import {drawHistogram} from "./histogram.js";
+import {setExplanation, setupInside, showInside} from "./inside.js";
 
 const TOP_ALTERNATIVES = 5;
+// explain: per layer and head, the 16 positions attended to most (whole rows for texts up to 16
+// tokens), and the 3 likeliest tokens of the logit lens at each layer
+const EXPLAIN = {attention_top_k: 16, lens_top_k: 3};
 const $ = (id) => document.getElementById(id);
 
 let current = null;  // the result on display: {result, response}
-
-function el(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) {
-    if (key === "class") node.className = value;
-    else node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
-}
-
-const fixed = (x, digits = 2) => (x == null ? "n/a" : x.toFixed(digits));
-const percent = (p) => (p > 0 && p < 0.001 ? "< 0.1 %" : `${(100 * p).toFixed(1)} %`);
 
 /** The bytes of a "bytes:\\xNN..." token: part of a UTF-8 character that GPT-2 split over tokens. */
 function tokenBytes(token) {
@@ -45,12 +37,6 @@ function displayTexts(tokens) {
     pending = false;
     return flushed + token;
   });
-}
-
-/** A token's text with its invisible characters shown (for the details panel). */
-function visible(token) {
-  if (token.startsWith("bytes:")) return `${token.slice(6)} (part of a character)`;
-  return token.replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥");
 }
 
 function renderLegend(result) {
@@ -121,6 +107,7 @@ function showDetails(i) {
   box.replaceChildren(...parts);
   for (const node of $("tokens").querySelectorAll(".tok.selected")) node.classList.remove("selected");
   $("tokens").children[i].classList.add("selected");
+  showInside(i);
 }
 
 function renderStats(result) {
@@ -181,6 +168,7 @@ function render(response) {
   renderStats(result);
   renderVerdict(result, response);
   $("histogram-summary").textContent = drawHistogram($("rank-histogram"), result.ranks);
+  setExplanation(result, response.explainNote);
   $("token-details").replaceChildren(el("h4", {id: "details-title"}, "Token details"),
     el("p", {class: "hint"}, "Hover, tap or focus a token (Tab to the text, then ← →, Home, End) to see its " +
       "probability, rank, entropy and the likeliest alternatives."));
@@ -200,6 +188,20 @@ function moveFocus(event) {
   target.focus();
 }
 
+/**
+ * POST /v1/score, with explain when asked. A text too long to explain within the service's limits
+ * (a 400 about `explain`) is scored without it, and the response says why (explainNote).
+ */
+async function scoreExplained(body, explain) {
+  if (!explain || body.window) return postJSON("v1/score", body);
+  try {
+    return await postJSON("v1/score", {...body, explain: EXPLAIN});
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 400 && String(error.param).startsWith("explain"))) throw error;
+    return {...await postJSON("v1/score", body), explainNote: `Not explained: ${error.message}`};
+  }
+}
+
 /** Score {text, context}: the form's fields, or what Generate sends over. */
 export async function score({text, context}, {onError, clearError}) {
   const status = $("score-status");
@@ -215,7 +217,7 @@ export async function score({text, context}, {onError, clearError}) {
   $("score-button").setAttribute("aria-disabled", "true");
   status.textContent = "Scoring…";
   try {
-    const response = await postJSON("v1/score", body);
+    const response = await scoreExplained(body, $("score-explain").checked);
     render(response);
     status.textContent = `Scored ${response.data[0].num_tokens} tokens.`;
   } catch (error) {
@@ -257,4 +259,5 @@ export function setupScore(handlers) {
   });
   tokens.addEventListener("mouseover", detailsOf);
   tokens.addEventListener("keydown", moveFocus);
+  setupInside();
 }

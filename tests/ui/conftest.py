@@ -122,8 +122,8 @@ def page(browser, server, request):
     console_errors(browser)
     yield browser
     allowed = {server.url}
-    for other in ("keyed_server", "judged_server"):
-        if other in request.fixturenames:
+    for other in request.fixturenames:  # the other services under test: keyed_server, judged_server, ...
+        if other.endswith("_server"):
             allowed.add(request.getfixturevalue(other).url)
     urls = requested_urls(browser)
     assert urls and not foreign_urls(urls, allowed), f"requests to other hosts: {foreign_urls(urls, allowed)}"
