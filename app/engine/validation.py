@@ -1,6 +1,7 @@
 """Can the engine ever run this sequence? One pure function, run once per sequence at the front
 door (EngineClient.submit), against the limits the engine reported when it became ready."""
 
+from app.engine.inspection import POOLINGS
 from app.engine.protocol import EngineInfo
 from app.engine.sequence import SamplingParams
 
@@ -33,3 +34,22 @@ def validate_sequence(prompt_token_ids: list[int], params: SamplingParams, info:
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidRequestError(f"token id {bad} is outside the vocabulary [0, {vocab})", name)
+    validate_readout(n, params, info)
+
+
+def validate_readout(n: int, params: SamplingParams, info: EngineInfo) -> None:
+    """explain and embed (inspection.py): positions of this prompt, layers of this model."""
+    explain, embed = params.explain, params.embed
+    if explain is not None:
+        positions = explain.positions
+        if positions and (positions[0] < 0 or positions[-1] >= n or positions != sorted(set(positions))):
+            raise InvalidRequestError(f"explain positions must be ascending, distinct and in [0, {n})", "explain")
+        if explain.attention_top_k < 0 or explain.lens_top_k < 0:
+            raise InvalidRequestError("explain's top k must not be negative", "explain")
+    if embed is not None:
+        if not embed.layers or any(not 0 <= layer <= info.num_layers for layer in embed.layers):
+            raise InvalidRequestError(f"embedding layers must lie in [0, {info.num_layers}]", "layer")
+        if not embed.pooling or any(p not in POOLINGS for p in embed.pooling):
+            raise InvalidRequestError(f"pooling must be one of {', '.join(POOLINGS)}", "pooling")
+        if embed.standardize and info.embedding_reference is None:
+            raise InvalidRequestError("standardize needs GPT2_EMBEDDING_REFERENCE's statistics", "standardize")

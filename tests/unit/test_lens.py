@@ -145,3 +145,23 @@ def test_standardised_embeddings_use_the_reference_corpus_mean_and_std(core, hf_
         assert (torch.tensor(vector, dtype=torch.float64) - expected).abs().max() <= 1e-3  # divided by small stds
     finally:
         core.runner.reader.stats = None
+
+
+@pytest.mark.parametrize("params, param", [
+    (SamplingParams(max_tokens=0, explain=ExplainParams([0, 5], 1, 1)), "explain"),  # past the prompt
+    (SamplingParams(max_tokens=0, explain=ExplainParams([2, 1], 1, 1)), "explain"),  # not ascending
+    (SamplingParams(max_tokens=0, explain=ExplainParams([1, 1], 1, 1)), "explain"),  # not distinct
+    (SamplingParams(max_tokens=0, embed=EmbedParams(layers=[L + 1])), "layer"),
+    (SamplingParams(max_tokens=0, embed=EmbedParams(layers=[0], pooling=["max"])), "pooling"),
+    (SamplingParams(max_tokens=0, embed=EmbedParams(layers=[0], standardize=True)), "standardize"),
+])
+def test_the_engine_door_refuses_readouts_it_cannot_run(params, param):
+    from app.engine.protocol import EngineInfo
+    from app.engine.validation import InvalidRequestError, validate_sequence
+
+    info = EngineInfo("m", "m", "cpu", "float32", "auto", 512, 1, 50257, None, 8, "", 0.0, 0.0, num_layers=L,
+                      num_heads=H, hidden_size=TINY["n_embd"])
+    validate_sequence([1, 2, 3], SamplingParams(max_tokens=0, explain=ExplainParams([0, 2], 1, 1)), info)  # fine
+    with pytest.raises(InvalidRequestError) as refused:
+        validate_sequence([1, 2, 3], params, info)
+    assert refused.value.param == param
