@@ -46,7 +46,7 @@ def reference_prompts(path: str, tokenizer: Tokenizer, max_len: int) -> list[lis
 
 
 def load_or_measure(settings: Settings, tokenizer: Tokenizer, max_len: int, identity: dict,
-                    measure: Callable[[list[list[int]]], Statistics], device: torch.device) -> tuple[Statistics, str]:
+                    measure: Callable[[list[list[int]]], Statistics]) -> tuple[Statistics, str]:
     """The statistics for this model (`identity`) and corpus, read from the saved file when it was
     made from the same, else measured (`measure`: the engine's readout.reference_statistics) and
     saved. Returns them and a description of the corpus."""
@@ -61,8 +61,7 @@ def load_or_measure(settings: Settings, tokenizer: Tokenizer, max_len: int, iden
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             log.info("embedding statistics of %s read from %s", about, path)
-            return {(pooling, layer): (torch.tensor(mean, dtype=torch.float64, device=device),
-                                       torch.tensor(std, dtype=torch.float64, device=device))
+            return {(pooling, layer): (torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64))
                     for pooling, layer, mean, std in saved["statistics"]}, about
     except (OSError, ValueError, KeyError, TypeError):
         pass  # absent, unreadable or another version: measure them

@@ -66,7 +66,7 @@ def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
         identity = {"model": settings.model, "load_format": settings.load_format, "dtype": dtype,
                     "num_parameters": config.num_parameters}
         runner.reader.stats, reference = load_or_measure(settings, tokenizer, max_model_len, identity,
-                                                         partial(reference_statistics, core), runner.device)
+                                                         partial(reference_statistics, core))
     used, total = device_memory_readers(device)
     info = EngineInfo(settings.model_name, settings.model, device, dtype, settings.load_format, max_model_len,
                       config.num_parameters, runner.vocab_size, tokenizer.eos_token_id, settings.max_batch_size,

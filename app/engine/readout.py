@@ -27,7 +27,7 @@ from app.model.lens import attention_weights, logit_lens, top_attention
 if TYPE_CHECKING:
     from app.engine.core import EngineCore
 
-# (pooling, layer) -> (mean [C], std [C]) float64 over a reference corpus: see reference_statistics
+# (pooling, layer) -> (mean [C], std [C]) float64 on the CPU over a reference corpus: see reference_statistics
 Statistics = dict[tuple[str, int], tuple[Tensor, Tensor]]
 MIN_STD = 1e-6  # a dimension that never varies in the reference corpus is divided by this, not by 0
 
@@ -153,13 +153,11 @@ class Reader:
             if pooling == "last" and not read.ends_prompt:
                 out.append([])  # the last position is in a later chunk
                 continue
-            hidden = rows(layer, read.embed_rows[layer]).double()  # [rows, C]
-            if pooling == "last":
-                vector = hidden[-1]
-            else:
-                vector = hidden.sum(0)
-                if partial:
-                    vector += torch.tensor(partial[j], dtype=torch.float64, device=vector.device)
+            hidden = rows(layer, read.embed_rows[layer]).float()  # [rows, C]
+            # a vector of C numbers: finished in float64 on the CPU (MPS has no float64)
+            vector = (hidden[-1] if pooling == "last" else hidden.sum(0)).cpu().double()
+            if pooling == "mean" and partial:
+                vector += torch.tensor(partial[j], dtype=torch.float64)
             if read.ends_prompt:
                 vector = self._finish(vector / n if pooling == "mean" else vector, pooling, layer, embed)
             out.append(vector.tolist())
@@ -204,5 +202,4 @@ def reference_statistics(core: "EngineCore", prompts: list[list[int]]) -> Statis
     mean = total / len(prompts)
     std = (total_sq / len(prompts) - mean.square()).clamp_min(0).sqrt().clamp_min(MIN_STD)
     combos = [(p, layer) for p in POOLINGS for layer in range(L + 1)]
-    device = core.runner.device
-    return {combo: (mean[j].to(device), std[j].to(device)) for j, combo in enumerate(combos)}
+    return {combo: (mean[j], std[j]) for j, combo in enumerate(combos)}

@@ -58,10 +58,11 @@ def logit_lens(ln_f: torch.nn.LayerNorm, logits: Callable[[Tensor], Tensor], str
     targets = next_ids.repeat(layers)[:, None]  # [(L + 1) R, 1]
     ids, probs, nexts = [], [], []
     for s in range(0, normed.shape[0], LENS_ROWS):
-        logprobs = logits(normed[s : s + LENS_ROWS]).log_softmax(-1)  # [rows, V]
-        top = logprobs.topk(k, -1)
+        block = logits(normed[s : s + LENS_ROWS])  # [rows, V]
+        norm = block.logsumexp(-1, keepdim=True)  # no [rows, V] log-softmax written: only k + 1 entries are read
+        top = block.topk(k, -1)
         ids.append(top.indices)
-        probs.append(top.values.exp())
-        nexts.append(logprobs.gather(1, targets[s : s + LENS_ROWS]).exp())
+        probs.append((top.values - norm).exp())
+        nexts.append((block.gather(1, targets[s : s + LENS_ROWS]) - norm).exp())
     shape = (layers, rows, k)
     return torch.cat(ids).view(shape), torch.cat(probs).view(shape), torch.cat(nexts).view(layers, rows)
