@@ -22,7 +22,7 @@ from torch import Tensor
 from app.engine.inspection import POOLINGS, EmbedParams, PositionExplanation, Readout
 from app.engine.sequence import SamplingParams, Sequence
 from app.model.gpt2 import GPT2, Capture, KVCache
-from app.model.lens import attention_weights, logit_lens, top_attention
+from app.model.lens import attention_weights, future, logit_lens, top_attention
 
 if TYPE_CHECKING:
     from app.engine.core import EngineCore
@@ -122,8 +122,9 @@ class Reader:
         out = [PositionExplanation(p) for p in read.explained]
         if params.attention_top_k:
             num_keys = read.explained[-1] + 1
+            unseen = future(positions, num_keys)
             tops = [top_attention(attention_weights(block, streams[layer], cache.k[layer][read.seq.slot, :, :num_keys],
-                                                    positions), positions, params.attention_top_k)
+                                                    unseen), unseen, params.attention_top_k)
                     for layer, block in enumerate(self.model.h)]
             keys = torch.stack([t[0] for t in tops], 1).cpu()  # [R, L, H + 1, k']
             weights = torch.stack([t[1] for t in tops], 1).cpu()

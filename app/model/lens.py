@@ -15,35 +15,37 @@ from torch import Tensor
 
 from app.model.gpt2 import Block
 
-# rows per lm_head call (as the runner scores): a [32, V] float32 block stays in cache while it is read
-LENS_ROWS = 32
+# rows per lm_head call. Each call reads the whole [V, C] unembedding: at 32 rows that read bounds it
+# (GPT-2 small: 1.43 s for a 256-token lens, 1.14 s at 128 rows); a [128, V] float32 block (26 MB)
+# stays below glibc's largest mmap threshold (32 MiB), so it is not page-faulted in afresh each time
+LENS_ROWS = 128
 
 
-def attention_weights(block: Block, stream: Tensor, keys: Tensor, positions: Tensor) -> Tensor:
-    """The block's attention weights for queries at `positions` of one sequence over its cached keys.
-    stream [R, C]: the residual stream entering the block at those positions; keys [H, P, D] with
-    P > every position -> [R, H, P] float32, 0 after each row's position (causal)."""
+def future(positions: Tensor, num_keys: int) -> Tensor:
+    """[R, 1, P] True where key position > the row's position: what a causal query never sees."""
+    return (torch.arange(num_keys, device=positions.device) > positions[:, None]).unsqueeze(1)
+
+
+def attention_weights(block: Block, stream: Tensor, keys: Tensor, unseen: Tensor) -> Tensor:
+    """The block's attention weights for queries of one sequence over its cached keys.
+    stream [R, C]: the residual stream entering the block at the queries' positions; keys [H, P, D]
+    with P > every position; unseen [R, 1, P]: `future` of the positions -> [R, H, P] float32, 0
+    after each row's position (causal)."""
     H, D = block.n_head, block.head_dim
     C = H * D
     q = F.linear(block.ln_1(stream), block.c_attn.weight[:C], block.c_attn.bias[:C])  # the query third of c_attn
     scores = torch.einsum("rhd,hpd->rhp", q.view(-1, H, D).float(), keys.float()) * D**-0.5
-    return scores.masked_fill_(future(positions, keys.shape[1])[:, None], float("-inf")).softmax(-1)
+    return scores.masked_fill_(unseen, float("-inf")).softmax(-1)
 
 
-def future(positions: Tensor, num_keys: int) -> Tensor:
-    """[R, P] True where key position > the row's position: what a causal query never sees."""
-    return torch.arange(num_keys, device=positions.device) > positions[:, None]
-
-
-def top_attention(weights: Tensor, positions: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """weights [R, H, P] -> for each head and then the heads' mean, the min(k, P) key positions
-    weighted most and their weights, largest first: two [R, H + 1, min(k, P)] tensors. A row's
-    entries past its own position + 1 are padding (the caller cuts them)."""
-    both = torch.cat([weights, weights.mean(1, keepdim=True)], 1)  # [R, H + 1, P]
-    # padding sorts last, even behind a real weight that underflowed to 0
-    both.masked_fill_(future(positions, weights.shape[-1])[:, None], -1.0)
-    top = both.topk(min(k, weights.shape[-1]), -1)
-    return top.indices, top.values
+def top_attention(weights: Tensor, unseen: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """weights [R, H, P] (overwritten) -> for each head and then the heads' mean, the min(k, P) key
+    positions weighted most and their weights, largest first: two [R, H + 1, min(k, P)] tensors. A
+    row's entries past its own position + 1 are padding (the caller cuts them)."""
+    k = min(k, weights.shape[-1])
+    mean = weights.mean(1, keepdim=True)  # [R, 1, P]
+    tops = [w.masked_fill_(unseen, -1.0).topk(k, -1) for w in (weights, mean)]  # padding sorts last, even
+    return torch.cat([t.indices for t in tops], 1), torch.cat([t.values for t in tops], 1)  # behind a 0 weight
 
 
 def logit_lens(ln_f: torch.nn.LayerNorm, logits: Callable[[Tensor], Tensor], streams: Tensor, final: Tensor,
