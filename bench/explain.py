@@ -11,12 +11,14 @@ Everything runs in this process on the same model (dummy weights, GPT-2 small sh
 
 Settings: the API's default explain (attention_top_k 5, lens_top_k 5) for every position;
 attention only (lens_top_k 0); the logit lens only (attention_top_k 0); and what the page asks for
-(attention_top_k 16, lens_top_k 3). Reported: seconds (best of --repeats, runs interleaved so that
-a noisy machine hurts all alike) and the ratio to the same request without explain.
+(attention_top_k 16, lens_top_k 3). Reported: seconds (best and median of --repeats, runs
+interleaved so that a noisy machine hurts all alike) and their ratios to the same request without
+explain.
 """
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,9 +45,10 @@ SETTINGS = {"no explain": None,
             "as the page asks (16, 3)": {"attention_top_k": 16, "lens_top_k": 3}}
 
 
-def engine_run(core, texts: list[list[int]], explain: dict | None) -> float:
-    """The texts as score requests (detect on), explaining every position, through the core's step loop."""
-    start = time.perf_counter()
+def engine_run(core, texts: list[list[int]], explain: dict | None) -> tuple[float, float]:
+    """The texts as score requests (detect on), explaining every position, through the core's step
+    loop. Returns (wall seconds, CPU seconds of this process: all its threads, whatever else runs)."""
+    start, cpu = time.perf_counter(), time.process_time()
     for i, text in enumerate(texts):
         params = SamplingParams(max_tokens=0, temperature=0.0, prompt_logprobs=0, prompt_stats=True)
         if explain is not None:
@@ -55,16 +58,16 @@ def engine_run(core, texts: list[list[int]], explain: dict | None) -> float:
         for output in core.step()[0]:
             assert output.finished and len(output.prompt_scores.token_logprobs) == len(texts[0]) - 1
             assert explain is None or len(output.readout.explanation) == len(texts[0])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def http_run(server: Server, texts: list[list[int]], explain: dict | None) -> float:
+def http_run(server: Server, texts: list[list[int]], explain: dict | None) -> tuple[float, None]:
     body = {"input": texts, "detect": True} | ({"explain": explain} if explain else {})
     start = time.perf_counter()
     response = server.client.post("/v1/score", json=body)
     elapsed = time.perf_counter() - start
     assert response.status_code == 200, response.text
-    return elapsed
+    return elapsed, None  # the engine's CPU time is another process's
 
 
 def main() -> None:
@@ -90,20 +93,33 @@ def main() -> None:
         runs[("engine", name)] = lambda explain=explain: engine_run(core, texts, explain)
         if server is not None:
             runs[("http", name)] = lambda explain=explain: http_run(server, texts, explain)
-    best = {key: float("inf") for key in runs}
+    times: dict[tuple, list[float]] = {key: [] for key in runs}
+    cpu: dict[tuple, list[float]] = {key: [] for key in runs}
     for run in runs.values():  # warm-up
         run()
     for _ in range(args.repeats):
         for key, run in runs.items():
-            best[key] = min(best[key], run())
+            wall, cpu_s = run()
+            times[key].append(wall)
+            if cpu_s is not None:
+                cpu[key].append(cpu_s)
+    best = {key: min(t) for key, t in times.items()}
+    median = {key: statistics.median(t) for key, t in times.items()}
     if server is not None:
         server.stop()
 
     print(f"# {info.source} shapes (dummy weights), {args.dtype}, {torch.get_num_threads()} threads; {args.texts} "
-          f"text(s) x {args.tokens} tokens, every position explained; best of {args.repeats}")
-    print(f"{'path':<7} {'run':<42} {'seconds':>8} {'vs no explain':>14}")
-    for (path, name), seconds in best.items():
-        print(f"{path:<7} {name:<42} {seconds:8.3f} {seconds / best[(path, 'no explain')]:13.2f}x")
+          f"text(s) x {args.tokens} tokens, every position explained; {args.repeats} runs each")
+    print(f"{'path':<7} {'run':<42} {'best s':>7} {'median s':>9} {'best vs no explain':>19} {'median vs':>10} "
+          f"{'CPU s':>6} {'CPU vs':>7}")
+    for path, name in runs:
+        key, plain = (path, name), (path, "no explain")
+        line = (f"{path:<7} {name:<42} {best[key]:7.3f} {median[key]:9.3f} {best[key] / best[plain]:18.2f}x "
+                f"{median[key] / median[plain]:9.2f}x")
+        if cpu[key]:  # the median CPU time: other processes on the machine barely move it
+            used, plain_used = statistics.median(cpu[key]), statistics.median(cpu[plain])
+            line += f" {used:6.3f} {used / plain_used:6.2f}x"
+        print(line)
 
 
 if __name__ == "__main__":
