@@ -35,4 +35,4 @@ def test_no_server_error_on_generated_requests(server, tmp_path):
     summary = result.stdout[-3000:]
     print(summary)
     assert result.returncode == 0, summary
-    assert "generated" in summary and "Tested: 9" in summary
+    assert "generated" in summary and "Tested: 10" in summary
