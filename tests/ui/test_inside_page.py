@@ -132,3 +132,20 @@ def test_a_text_over_the_explain_cap_is_scored_and_the_page_gives_the_reason(pag
     note = find(page, '#inside-body [data-inside="absent"]').text
     assert note.startswith("Not explained:") and "GPT2_MAX_EXPLAIN_POSITIONS" in note
     wait(page, lambda d: "Scored" in find(d, "#score-status").text, "no status line")
+
+
+def test_with_a_context_the_first_token_is_explained_from_the_contexts_last_position(page, server):
+    open_page(page, server.url)
+    context, text = "The cat sat on the", " mat and looked at the door."
+    page.execute_script("document.getElementById('context-box').open = true")
+    find(page, "#score-context").send_keys(context)
+    score_in_page(page, text)
+    result = explained(server, input=text, context=context)
+    entry = next(e for e in result["explanation"]["positions"] if e["position"] == result["num_context_tokens"] - 1)
+    spans = page.find_elements(By.CSS_SELECTOR, "#tokens .tok")
+    spans[0].click()  # " mat", predicted at the context's last position: it sees only the context
+    body = find(page, "#inside-body").text
+    assert f"from the position of {entry['token'].replace(' ', chr(0x2423))}" in body
+    on_context = sum(w for _, w in entry["attention"][L - 1]["mean"])  # every key is a context token
+    assert f"{100 * on_context:.1f} % of it on the context" in body
+    assert not shading(page)  # no token of the text itself is shaded
