@@ -54,8 +54,9 @@ def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
     runner = ModelRunner(loaded.model, settings.max_batch_size, max_model_len, tokenizer.eos_token_id,
                          vocab_size=tokenizer.vocab_size)
     runner.warm_up()
-    scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens)
-    core = EngineCore(runner, scheduler, max_model_len, tokenizer.eos_token_id, settings.seed)
+    scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens, max_model_len,
+                          tokenizer.eos_token_id, settings.prefix_caching)
+    core = EngineCore(runner, scheduler, settings.seed)
     device = str(loaded.device)
     used, total = device_memory_readers(device)
     info = EngineInfo(settings.model_name, settings.model, device, str(loaded.dtype).removeprefix("torch."),

@@ -44,6 +44,12 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
     def uses_penalties(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
+    def stop_ids(self, eos_token_id: int | None) -> frozenset[int]:
+        """The tokens that end a sequence: EOS (unless ignore_eos) and stop_token_ids. The sampler
+        holds them back until min_tokens are out; the scheduler ends a sequence that draws one."""
+        eos = () if eos_token_id is None or self.ignore_eos else (eos_token_id,)
+        return frozenset((*self.stop_token_ids, *eos))
+
 
 class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS or a stop token (the API also uses it for stop strings)
@@ -120,6 +126,11 @@ class Sequence:
     num_computed: int = 0
     finish_reason: FinishReason | None = None
     prompt_scores: PromptScores | None = None  # filled chunk by chunk during prefill
+    stop_ids: frozenset[int] = frozenset()  # params.stop_ids(eos), once
+    # prefix reuse (prefix_cache.py)
+    block_hashes: list[int] | None = None  # chained hashes of the prompt's full blocks, once looked up
+    num_cached_tokens: int = 0  # leading prompt tokens whose keys and values (and scores) were reused
+    overtaken: int = 0  # times a later sequence was admitted first while this one could have gone
     # timings (time.monotonic) for stats
     scheduled_time: float | None = None
     first_token_time: float | None = None
