@@ -149,6 +149,14 @@ class Metrics:
                                        buckets=STEP_BUCKETS, registry=r)
         self.batch_size = Histogram("gpt2_batch_size", "Sequences per engine step.", buckets=BATCH_BUCKETS,
                                     registry=r)
+        self.prefill_tokens = Counter("gpt2_prefill_tokens_total", "Prompt tokens the model computed (those reused "
+                                      "from the prefix cache are not).", registry=r)
+        self.prefix_queried = Counter("gpt2_prefix_cache_queried_tokens_total", "Prompt tokens of sequences that "
+                                      "looked for a reusable prefix.", registry=r)
+        self.prefix_hits = Counter("gpt2_prefix_cache_hit_tokens_total", "Prompt tokens whose keys and values (and "
+                                   "prompt scores) were reused instead of computed.", registry=r)
+        self.prefix_evictions = Counter("gpt2_prefix_cache_evictions_total", "Kept prefixes dropped to make room "
+                                        "for a new sequence.", registry=r)
         self.inter_token_latency = Histogram("gpt2_inter_token_latency_seconds", "Time between consecutive tokens "
                                              "of a sequence.", buckets=STEP_BUCKETS, registry=r)
 
@@ -231,6 +239,13 @@ class Metrics:
                 # distinct value once, with its count (an observe() per token costs ~5 us)
                 for latency, count in collections.Counter(stats.inter_token_latencies).items():
                     observe_many(self.inter_token_latency, latency, count)
+                if stats.num_prefill_tokens:
+                    self.prefill_tokens.inc(stats.num_prefill_tokens)
+                if stats.prefix_queried_tokens:
+                    self.prefix_queried.inc(stats.prefix_queried_tokens)
+                    self.prefix_hits.inc(stats.prefix_hit_tokens)
+                if stats.prefix_evictions:
+                    self.prefix_evictions.inc(stats.prefix_evictions)
         except Exception:
             self._log_failure()
 
