@@ -50,10 +50,12 @@ class Holding:
 @dataclass(frozen=True)
 class Reuse:
     """How a sequence starts: the first `length` tokens' keys and values (and, when it scores its
-    prompt, their scores) from slot `source`."""
+    prompt, their scores) from slot `source`, or from any of the free slots `alike` (which hold as
+    much: taking one of them as its own slot saves the copy)."""
 
     source: int
     length: int
+    alike: frozenset[int] = frozenset()
 
 
 def chain_hashes(tokens: list[int], hashes: list[int], end: int) -> list[int]:
@@ -107,27 +109,34 @@ class PrefixCache:
             done = {s for s in slots if self.slots[s].length >= (i + 1) * BLOCK}
             if done:
                 computed = done
-        best, later = None, 0
+        by_length: dict[int, list[int]] = {}
+        later = 0
         for slot in list(deepest | computed)[:MAX_CANDIDATES]:
             held = self.slots[slot]
             lcp = common_prefix(prompt, tokens_of(held.seq))
-            now = reusable(seq, held.seq, lcp, held.length)
-            if now > 0 and (best is None or now > best.length):
-                best = Reuse(slot, now)
+            by_length.setdefault(reusable(seq, held.seq, lcp, held.length), []).append(slot)
             if held.seq.status is Status.PREFILL:
                 later = max(later, reusable(seq, held.seq, lcp, held.seq.num_prompt_tokens))
-        return best, max(later, best.length if best else 0)
+        now = max(by_length, default=0)
+        if not now:
+            return None, later
+        slots = by_length[now]
+        return Reuse(slots[0], now, frozenset(s for s in slots if s in self.free)), max(later, now)
 
     # --- slots -------------------------------------------------------------------------------------
-    def allocate(self, seq: Sequence, reuse: Reuse | None) -> int:
+    def allocate(self, seq: Sequence, reuse: Reuse | None, compact: bool = True) -> tuple[int, Reuse | None]:
         """Give `seq` a free slot (there must be one) holding the reused prefix once the runner has
-        copied it (if it is not in that slot already)."""
+        copied it (if it is not in that slot already); returns the slot and where the prefix comes
+        from. `compact`: choose so that the running sequences' slot range grows least (pointless
+        when every free slot is about to be taken anyway)."""
         if not self.enabled:
             slot = min(self.free)
             self.free.discard(slot)
             self.slots[slot].seq = seq
-            return slot
-        slot = self._choose_slot(reuse.source if reuse else None)
+            return slot, None
+        slot = self._choose_slot(reuse.alike | {reuse.source} if reuse else frozenset(), compact)
+        if reuse and slot in reuse.alike:
+            reuse = Reuse(slot, reuse.length)
         if self.slots[slot].length and not (reuse and reuse.source == slot):
             self.evictions += 1
         self._unindex(slot)
@@ -139,7 +148,7 @@ class PrefixCache:
         self.slots[slot] = Holding(seq, reuse.length if reuse else 0, list(hashes), self.tick)
         for h in hashes:  # the prompt's blocks, computed or to come: see lookup()
             self._index(h, slot)
-        return slot
+        return slot, reuse
 
     def computed(self, seq: Sequence) -> None:
         """`seq`'s keys and values now cover its first num_computed tokens."""
@@ -166,15 +175,15 @@ class PrefixCache:
         for h in held.hashes[indexed:]:
             self._index(h, seq.slot)
 
-    def _choose_slot(self, preferred: int | None) -> int:
-        """Among free slots: the fewest positions added to the running sequences' slot range, then
-        the preferred one (it holds the prefix to reuse), then the least recently used."""
-        running = [i for i in range(len(self.slots)) if i not in self.free]
+    def _choose_slot(self, preferred: frozenset[int], compact: bool) -> int:
+        """Among free slots: the fewest positions added to the running sequences' slot range (when
+        `compact`), then a preferred one (it holds the prefix to reuse), then the least recently used."""
+        running = [i for i in range(len(self.slots)) if i not in self.free] if compact else []
         lo, hi = (min(running), max(running)) if running else (None, None)
 
         def key(slot: int) -> tuple[int, bool, int, int]:
             widen = 0 if lo is None else max(lo - slot, slot - hi, 0)
-            return widen, slot != preferred, self.slots[slot].last_used, slot
+            return widen, slot not in preferred, self.slots[slot].last_used, slot
 
         return min(self.free, key=key)
 

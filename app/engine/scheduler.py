@@ -150,12 +150,15 @@ class Scheduler:
         return best
 
     def _admit(self, out: SchedulerOutput, seq: Sequence, reuse: Reuse | None, budget: int) -> int:
+        # a compact slot range keeps decode attention from reading holes, unless every free slot is
+        # about to be taken anyway
+        compact = len(self.waiting) < len(self.cache.free)
         self.waiting.remove(seq)
         if reuse is not None:
-            source = self.cache.slots[reuse.source].seq
+            source = self.cache.slots[reuse.source].seq  # (all of `reuse.alike` hold the same prefix)
             seq.prompt_scores = reused_scores(seq, source, reuse.length)
             seq.num_computed = seq.num_cached_tokens = reuse.length
-        seq.slot = self.cache.allocate(seq, reuse)
+        seq.slot, reuse = self.cache.allocate(seq, reuse, compact)
         if reuse is not None and reuse.source != seq.slot:
             out.copies.append((reuse.source, seq.slot, reuse.length))
         seq.status = Status.PREFILL

@@ -157,35 +157,67 @@ def test_slots_keep_the_decode_range_compact_then_follow_lru():
     cache = PrefixCache(6)
     holders = [seq(f"s{i}", [i] * 20) for i in range(6)]
     for s in holders:
-        s.slot = cache.allocate(s, None)
+        s.slot, _ = cache.allocate(s, None)
     assert [s.slot for s in holders] == list(range(6))  # all empty: the lowest first
     for i in (4, 1, 3, 5):  # free in this order: 4 is the least recently used
         holders[i].num_computed = 20
         cache.release(holders[i])
     # running: 0 and 2. 1 lies inside their range; 3, 4 and 5 widen it by 1, 2, 3
-    assert cache.allocate(seq("x", [9] * 20), None) == 1 and cache.evictions == 1
+    assert cache.allocate(seq("x", [9] * 20), None)[0] == 1 and cache.evictions == 1
     # now 0, 1, 2 run: 3 widens it least, even though 4 was freed earlier
-    assert cache.allocate(seq("y", [9] * 20), None) == 3
+    assert cache.allocate(seq("y", [9] * 20), None)[0] == 3
     cache.release(holders[0])
     holders[2].num_computed = 20
     cache.release(holders[2])
     # running: 1 and 3. 2 is inside; 0 and 4 would widen it by one: 2, the only slot inside
-    assert cache.allocate(seq("z", [9] * 20), None) == 2
+    assert cache.allocate(seq("z", [9] * 20), None)[0] == 2
 
 
 def test_an_idle_cache_gives_a_new_prompt_the_least_recently_used_slot_and_keeps_the_rest():
     cache = PrefixCache(3)
     a, b = seq("a", CONTEXT), seq("b", [5] * 40)
     for s in (a, b):
-        s.slot = cache.allocate(s, None)
+        s.slot, _ = cache.allocate(s, None)
         s.num_computed = s.num_prompt_tokens
         cache.computed(s)
         cache.release(s)
     fresh = seq("c", [6] * 40)
-    assert cache.allocate(fresh, None) == 2  # the never-used slot; a's and b's prefixes stay
+    assert cache.allocate(fresh, None)[0] == 2  # the never-used slot; a's and b's prefixes stay
     again = seq("a2", CONTEXT)
     reuse, _ = cache.lookup(again)
     assert reuse.source == a.slot and reuse.length == len(CONTEXT) - 1
+
+
+def hold(sched: Scheduler, prompts: list[list[int]]) -> None:
+    """Run these prompts (one per slot, all at once), then finish them: each slot keeps one."""
+    seqs = [seq(f"h{i}", p) for i, p in enumerate(prompts)]
+    for s in seqs:
+        s.slot, _ = sched.cache.allocate(s, None)
+        s.num_computed = s.num_prompt_tokens
+        sched.cache.computed(s)
+    for s in seqs:
+        sched.cache.release(s)
+
+
+def test_when_every_free_slot_is_about_to_be_taken_newcomers_take_the_slots_holding_their_prefix():
+    sched = scheduler(slots=6)
+    hold(sched, [CONTEXT + [0], *([100 + i] * 20 for i in range(1, 5)), CONTEXT + [5]])  # the context: 0 and 5
+    wave = [seq("a", CONTEXT + [7]), seq("b", CONTEXT + [8]), *(seq(f"d{i}", [200 + i] * 20) for i in range(4))]
+    for s in wave:
+        sched.add(s)
+    out = sched.schedule()
+    assert {wave[0].slot, wave[1].slot} == {0, 5} and not out.copies
+    assert [s.num_cached_tokens for s in wave] == [len(CONTEXT)] * 2 + [0] * 4
+
+
+def test_with_slots_to_spare_a_newcomer_copies_rather_than_widen_the_running_range():
+    sched = scheduler(slots=6)
+    hold(sched, [CONTEXT + [0], *([100 + i] * 20 for i in range(1, 5)), CONTEXT + [5]])
+    a, b = seq("a", CONTEXT + [7]), seq("b", CONTEXT + [8])
+    for s in (a, b):
+        sched.add(s)
+    out = sched.schedule()
+    assert (a.slot, b.slot) == (0, 1) and [c[1:] for c in out.copies] == [(1, len(CONTEXT))]
 
 
 def test_a_failed_sequence_leaves_nothing_to_reuse():
