@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from app.model.loader import PACKAGED_TOKENIZER  # noqa: E402
 from app.model.tokenizer import Tokenizer  # noqa: E402
 from bench.serving import start_server  # noqa: E402
 
@@ -61,14 +62,16 @@ def build_items(corpus: Path, tokenizer: Tokenizer, n: int, context: int, choice
     return items
 
 
-def run(lm_eval: str, url: str, tokenizer_dir: str, task_dir: str, concurrency: int) -> tuple[float, float]:
+def run(lm_eval: str, url: str, model: str, tokenizer_dir: str, task_dir: str, concurrency: int) -> tuple[float, float]:
     args = [lm_eval, "--model", "local-completions", "--tasks", "gpt2_serve_continuation", "--include_path",
             task_dir, "--model_args",
-            f"model={tokenizer_dir},base_url={url}/v1/completions,tokenizer={tokenizer_dir},tokenizer_backend=huggingface,"
+            f"model={model},base_url={url}/v1/completions,tokenizer={tokenizer_dir},tokenizer_backend=huggingface,"
             f"num_concurrent={concurrency},max_retries=1,tokenized_requests=True,max_length=1024",
             "--output_path", os.path.join(task_dir, "out")]
     start = time.perf_counter()
-    subprocess.run(args, check=True, capture_output=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    if done.returncode:
+        raise SystemExit(f"lm_eval failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - start
     results = sorted(Path(task_dir, "out").rglob("results_*.json"), key=os.path.getmtime)[-1]
     acc = json.loads(results.read_text())["results"]["gpt2_serve_continuation"]["acc,none"]
@@ -77,7 +80,10 @@ def run(lm_eval: str, url: str, tokenizer_dir: str, task_dir: str, concurrency: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a local Hugging Face GPT-2 directory")
+    parser.add_argument("--model", required=True, help="a local Hugging Face GPT-2 directory, or a GPT-2 name "
+                        "with --dummy")
+    parser.add_argument("--dummy", action="store_true", help="random weights of that name's shapes (speed only: "
+                        "accuracy is chance)")
     parser.add_argument("--corpus", required=True, type=Path)
     parser.add_argument("--lm-eval", default="lm_eval", help="the lm_eval command (in its own venv)")
     parser.add_argument("--items", type=int, default=64)
@@ -86,7 +92,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    tokenizer = Tokenizer(args.model)
+    tokenizer_dir = str(PACKAGED_TOKENIZER) if args.dummy else args.model
+    tokenizer = Tokenizer(tokenizer_dir)
+    settings = {"GPT2_MODEL": args.model, "GPT2_LOAD_FORMAT": "dummy" if args.dummy else "auto"}
     with tempfile.TemporaryDirectory() as task_dir:
         data = Path(task_dir, "items.jsonl")
         items = build_items(args.corpus, tokenizer, args.items, args.context, args.choice, seed=0)
@@ -95,11 +103,12 @@ def main() -> None:
         servers = {}
         try:
             for name, flag in (("on", "true"), ("off", "false")):
-                servers[name] = start_server({"GPT2_MODEL": args.model, "GPT2_PREFIX_CACHING": flag})
+                servers[name] = start_server({**settings, "GPT2_PREFIX_CACHING": flag})
             results = {"on": [], "off": []}
             for r in range(args.repeats):
                 for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                    results[name].append(run(args.lm_eval, servers[name][1], args.model, task_dir, args.concurrency))
+                    results[name].append(run(args.lm_eval, servers[name][1], args.model, tokenizer_dir, task_dir,
+                                             args.concurrency))
         finally:
             for proc, _ in servers.values():
                 proc.terminate()

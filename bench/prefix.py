@@ -115,7 +115,10 @@ async def distinct(client, rng, args) -> dict:
         figures[f"{clients} clients tok/s"] = clients * 64 / (time.perf_counter() - start)
     texts = [ids(rng, 256) for _ in range(32)]
     start = time.perf_counter()
-    await pool([lambda t=t: client.post("/v1/score", json={"input_ids": [t]}) for t in texts], 8)
+    async def score(text):
+        (await client.post("/v1/score", json={"input": [text]})).raise_for_status()
+
+    await pool([lambda t=t: score(t) for t in texts], 8)
     figures["score req/s"] = len(texts) / (time.perf_counter() - start)
     return figures
 
