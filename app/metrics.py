@@ -168,8 +168,10 @@ class Metrics:
                              multiprocess_mode="livesum")
         self.kv_cache_usage = Gauge("gpt2_kv_cache_usage_ratio", "Fraction of KV-cache slots in use.", registry=r,
                                     multiprocess_mode="livesum")
-        self.model_info = Gauge("gpt2_model_info", "The served model (value 1).",
-                                ["model", "device", "dtype", "load_format"], registry=r, multiprocess_mode="livemax")
+        self.model_info = Gauge("gpt2_model_info", "The served model and how the engine runs it (value 1); "
+                                "cuda_graphs: the decode batch sizes captured as CUDA graphs, or off.",
+                                ["model", "device", "dtype", "load_format", "cuda_graphs"], registry=r,
+                                multiprocess_mode="livemax")
         self.device_memory_used = Gauge("gpt2_device_memory_used_bytes", "CUDA/MPS: bytes allocated by torch; "
                                         "CPU: the engine process's resident set size.", registry=r,
                                         multiprocess_mode="livemax")
@@ -268,7 +270,8 @@ class Metrics:
 
     def bind(self, engine: EngineClient, info: EngineInfo, record_engine_stats: bool = True) -> None:
         """The engine is ready: model info, its process, its state, and (unless off) its stats."""
-        self.model_info.labels(info.name, info.device, info.dtype, info.load_format).set(1)
+        graphs = ",".join(map(str, info.cuda_graphs)) or "off"
+        self.model_info.labels(info.name, info.device, info.dtype, info.load_format, graphs).set(1)
         self.device_memory_total.set(info.memory_total)
         self.device_memory_used.set(info.memory_used)
         self.engine_up.set(1)

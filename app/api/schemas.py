@@ -234,7 +234,8 @@ class Usage(BaseModel):
                                    "tokens not included).", examples=[8])
     total_tokens: int = Field(..., description="prompt_tokens + completion_tokens.", examples=[13])
     prompt_tokens_details: PromptTokensDetails | None = Field(None, description="How the prompt tokens were "
-                                                              "processed, as in OpenAI's usage.")
+                                                              "processed, as in OpenAI's usage.",
+                                                              examples=[{"cached_tokens": 0}])
 
 
 class CompletionResponse(BaseModel):

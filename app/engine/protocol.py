@@ -90,6 +90,7 @@ class EngineInfo(msgspec.Struct):
     memory_total: float  # bytes of the model's device (CPU: the machine's RAM or cgroup limit)
     memory_used: float  # bytes in use when it became ready (then: StepStats.memory_used)
     pid: int = 0  # of the engine process
+    cuda_graphs: list[int] = []  # the decode step's batch sizes captured as CUDA graphs (graphs.py); empty: none
 
 
 def encoder() -> msgspec.msgpack.Encoder:

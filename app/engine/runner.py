@@ -7,12 +7,14 @@ steady decode step therefore gathers its inputs with a few array operations, wha
 size. Prefill chunks (a prompt's tokens) are packed from their sequences.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from app.engine.graphs import StaticDecoder
 from app.engine.sampler import Sampler
 from app.engine.scheduler import SchedulerOutput, StepResult
 from app.engine.sequence import PromptScores, SamplingParams, Sequence
@@ -72,16 +74,18 @@ class ModelRunner:
     """Owns the model, its KV cache (one slot per running sequence) and the sampler."""
 
     def __init__(self, model: GPT2, num_slots: int, max_len: int, eos_token_id: int | None,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, static_decode: bool = False):
         param = next(model.parameters())
         self.model = model.eval()
         self.device, self.dtype = param.device, param.dtype
-        self.cache = KVCache(model.config, num_slots, max_len, self.device, self.dtype)
+        # one slot more than sequences use: fixed-shape decode steps write their padding rows there
+        self.cache = KVCache(model.config, num_slots + static_decode, max_len, self.device, self.dtype)
         # the tokens the tokenizer knows: a checkpoint may pad its embedding beyond them
         self.vocab_size = min(vocab_size or model.config.vocab_size, model.config.vocab_size)
         self.sampler = Sampler(num_slots, self.vocab_size, eos_token_id, self.device)
         self.next_token = np.zeros(num_slots, np.int64)  # each slot's next input token (when decoding)
         self.next_pos = np.zeros(num_slots, np.int64)  # ... and its position: the tokens cached so far
+        self.static = StaticDecoder(self.model, self.cache, self.vocab_size) if static_decode else None
         self._decode: DecodeLayout | None = None
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -93,13 +97,19 @@ class ModelRunner:
         """Compute one step: one token for each decode, the next chunk of each prefill."""
         self._admit(batch)
         layout = self._decode_layout(batch)
+        result = StepResult()
+        if self.static is not None and not batch.prefills:  # a pure decode step: fixed shapes (graphs.py)
+            slots = layout.slots
+            logits = self.static.run(slots, self.next_token[slots], self.next_pos[slots], layout.slots_t)
+            self.next_pos[slots] += 1
+            self._sample(lambda lo, hi: logits[lo:hi], slots, result)
+            return result
         inputs = self._pack(batch, layout)
         hidden = self.model(*inputs.tensors(self.device), self._plan(batch, layout), self.cache,
                             None if inputs.logit_rows is None else
                             torch.tensor(inputs.logit_rows, dtype=torch.long, device=self.device))
         self.next_pos[layout.slots] += 1
-        result = StepResult()
-        self._sample(hidden[: inputs.num_sampled], inputs.sampled_slots, result)
+        self._sample(lambda lo, hi: self.logits(hidden[lo:hi]), inputs.sampled_slots, result)
         self._score(batch, hidden[inputs.num_sampled :], inputs.spans, result)
         return result
 
@@ -112,7 +122,7 @@ class ModelRunner:
         for seq in batch.admitted:
             self.sampler.add(seq.slot, seq.params, seq.seed, seq.prompt_token_ids, seq.output_token_ids)
 
-    def _pack(self, batch: SchedulerOutput, layout: "DecodeLayout") -> "Inputs":
+    def _pack(self, batch: SchedulerOutput, layout: DecodeLayout) -> Inputs:
         """The step's packed tokens: decodes first (from the persistent per-slot arrays), then each
         prefill chunk; which rows are sampled and which prompt positions are scored."""
         B = len(batch.decodes)
@@ -142,13 +152,14 @@ class ModelRunner:
                                  *(r for _, r, count, _ in inputs.spans for r in range(r, r + count))]
         return inputs
 
-    def _sample(self, hidden: Tensor, sampled_slots: np.ndarray, result: StepResult) -> None:
-        """A token for each sampled row [N, C], SAMPLE_ROWS rows at a time."""
-        num_sampled = len(hidden)
+    def _sample(self, logits: Callable[[int, int], Tensor], sampled_slots: np.ndarray, result: StepResult) -> None:
+        """A token for each sampled row (the sequence in slot sampled_slots[i]), SAMPLE_ROWS rows at
+        a time; logits(lo, hi) gives rows lo..hi-1 [hi - lo, V] float32."""
+        num_sampled = len(sampled_slots)
         if not num_sampled:
             return
         bounds = [(lo, min(lo + SAMPLE_ROWS, num_sampled)) for lo in range(0, num_sampled, SAMPLE_ROWS)]
-        blocks = [self.sampler.sample(self.logits(hidden[lo:hi]), sampled_slots[lo:hi]) for lo, hi in bounds]
+        blocks = [self.sampler.sample(logits(lo, hi), sampled_slots[lo:hi]) for lo, hi in bounds]
         tokens = np.concatenate([t for t, _ in blocks])
         self.next_token[sampled_slots] = tokens
         result.tokens = tokens.tolist()
@@ -223,3 +234,5 @@ class ModelRunner:
         seq.output_token_ids.append(0)
         self.execute(SchedulerOutput(decodes=[seq], decode_version=-2))
         self._decode = None
+        if self.static is not None and self.device.type == "cuda":
+            self.static.capture()

@@ -38,7 +38,7 @@ CONTRACT = {
     "gpt2_prefix_cache_hit_tokens": "counter", "gpt2_prefix_cache_evictions": "counter",
 }
 BOUNDED_LABELS = {"endpoint", "status", "reason", "phase", "le", "model", "device", "dtype", "load_format",
-                  "generation", "implementation", "major", "minor", "patchlevel", "version"}
+                  "cuda_graphs", "generation", "implementation", "major", "minor", "patchlevel", "version"}
 
 
 class Scrape:
@@ -84,7 +84,7 @@ def test_model_info_and_gauges(server):
     s = scrape(server)
     info = server.state.service.info
     assert s("gpt2_model_info", model="tiny-gpt2", device=info.device, dtype=info.dtype,
-             load_format=info.load_format) == 1
+             load_format=info.load_format, cuda_graphs="off") == 1  # a CPU: no CUDA graphs
     assert s("gpt2_requests_running") == 0 and s("gpt2_requests_waiting") == 0 and s("gpt2_kv_cache_usage_ratio") == 0
     assert 0 < s("gpt2_device_memory_used_bytes") < s("gpt2_device_memory_total_bytes")  # CPU: RSS < RAM
 

@@ -32,7 +32,7 @@ def workload(seed: int) -> tuple[dict[int, list], dict[int, list[str]], set[str]
         if kind == "greedy":
             params = [SamplingParams(max_tokens=rng.randint(1, 20), temperature=0.0, logprobs=2, ignore_eos=True)]
         elif kind == "sampled":
-            params = [SamplingParams(max_tokens=12, temperature=0.9, top_k=40, top_p=0.9, seed=i,
+            params = [SamplingParams(max_tokens=12, temperature=0.9, top_k=40, seed=i,
                                      repetition_penalty=1.1, ignore_eos=True)]
         elif kind == "echo":  # lm-eval's loglikelihood: echo + logprobs, nothing generated
             params = [SamplingParams(max_tokens=0, prompt_logprobs=rng.choice([0, 1, 3]))]
