@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     step_timeout: float = Field(60.0, gt=0, description="Seconds without any answer from the engine, while "
                                 "it has work, after which it counts as hung: requests in flight fail, the "
                                 "probes answer 503 and the server exits.")
+    prefix_caching: bool = Field(True, description="Reuse the keys, values and prompt scores of a prompt's "
+                                 "longest prefix already computed (by a running sequence, or kept from a "
+                                 "finished one until its slot is needed) instead of computing them again.")
+    cuda_graphs: Literal["auto", "off"] = Field("auto", description="auto: on a GPU, decode steps run at fixed "
+                                                "shapes captured once as CUDA graphs (at start-up, before ready); "
+                                                "off: every step eager.")
     api_servers: int = Field(1, ge=1, le=64, description="API server processes sharing the port and the one "
                              "engine process (more lets the HTTP work use more cores).")
 

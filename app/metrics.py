@@ -149,6 +149,14 @@ class Metrics:
                                        buckets=STEP_BUCKETS, registry=r)
         self.batch_size = Histogram("gpt2_batch_size", "Sequences per engine step.", buckets=BATCH_BUCKETS,
                                     registry=r)
+        self.prefill_tokens = Counter("gpt2_prefill_tokens_total", "Prompt tokens the model computed (those reused "
+                                      "from the prefix cache are not).", registry=r)
+        self.prefix_queried = Counter("gpt2_prefix_cache_queried_tokens_total", "Prompt tokens of sequences that "
+                                      "looked for a reusable prefix.", registry=r)
+        self.prefix_hits = Counter("gpt2_prefix_cache_hit_tokens_total", "Prompt tokens whose keys and values (and "
+                                   "prompt scores) were reused instead of computed.", registry=r)
+        self.prefix_evictions = Counter("gpt2_prefix_cache_evictions_total", "Kept prefixes dropped to make room "
+                                        "for a new sequence.", registry=r)
         self.inter_token_latency = Histogram("gpt2_inter_token_latency_seconds", "Time between consecutive tokens "
                                              "of a sequence.", buckets=STEP_BUCKETS, registry=r)
 
@@ -160,8 +168,10 @@ class Metrics:
                              multiprocess_mode="livesum")
         self.kv_cache_usage = Gauge("gpt2_kv_cache_usage_ratio", "Fraction of KV-cache slots in use.", registry=r,
                                     multiprocess_mode="livesum")
-        self.model_info = Gauge("gpt2_model_info", "The served model (value 1).",
-                                ["model", "device", "dtype", "load_format"], registry=r, multiprocess_mode="livemax")
+        self.model_info = Gauge("gpt2_model_info", "The served model and how the engine runs it (value 1); "
+                                "cuda_graphs: the decode batch sizes captured as CUDA graphs, or off.",
+                                ["model", "device", "dtype", "load_format", "cuda_graphs"], registry=r,
+                                multiprocess_mode="livemax")
         self.device_memory_used = Gauge("gpt2_device_memory_used_bytes", "CUDA/MPS: bytes allocated by torch; "
                                         "CPU: the engine process's resident set size.", registry=r,
                                         multiprocess_mode="livemax")
@@ -231,6 +241,13 @@ class Metrics:
                 # distinct value once, with its count (an observe() per token costs ~5 us)
                 for latency, count in collections.Counter(stats.inter_token_latencies).items():
                     observe_many(self.inter_token_latency, latency, count)
+                if stats.num_prefill_tokens:
+                    self.prefill_tokens.inc(stats.num_prefill_tokens)
+                if stats.prefix_queried_tokens:
+                    self.prefix_queried.inc(stats.prefix_queried_tokens)
+                    self.prefix_hits.inc(stats.prefix_hit_tokens)
+                if stats.prefix_evictions:
+                    self.prefix_evictions.inc(stats.prefix_evictions)
         except Exception:
             self._log_failure()
 
@@ -253,7 +270,8 @@ class Metrics:
 
     def bind(self, engine: EngineClient, info: EngineInfo, record_engine_stats: bool = True) -> None:
         """The engine is ready: model info, its process, its state, and (unless off) its stats."""
-        self.model_info.labels(info.name, info.device, info.dtype, info.load_format).set(1)
+        graphs = ",".join(map(str, info.cuda_graphs)) or "off"
+        self.model_info.labels(info.name, info.device, info.dtype, info.load_format, graphs).set(1)
         self.device_memory_total.set(info.memory_total)
         self.device_memory_used.set(info.memory_used)
         self.engine_up.set(1)

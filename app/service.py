@@ -39,8 +39,10 @@ class Service:
     judge: Judge | None = None  # GPT2_DETECTOR's trained judge (app/detect), checked against the model
 
 
-def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
-    """Load the model and wire an engine core around it (warmed up, not yet serving)."""
+def build_core(settings: Settings, static_decode: bool | None = None) -> tuple["EngineCore", EngineInfo]:
+    """Load the model and wire an engine core around it (warmed up, not yet serving; on a GPU with
+    GPT2_CUDA_GRAPHS=auto, its decode step captured). `static_decode` forces the fixed-shape
+    decode step on or off (tests run it eagerly on the CPU)."""
     from app.engine.core import EngineCore
     from app.engine.runner import ModelRunner
     from app.engine.scheduler import Scheduler
@@ -52,11 +54,14 @@ def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
     if tokenizer.vocab_size > config.vocab_size:
         raise RuntimeError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model only {config.vocab_size}")
     max_model_len = min(settings.max_model_len or config.n_positions, config.n_positions)
+    if static_decode is None:
+        static_decode = settings.cuda_graphs == "auto" and loaded.device.type == "cuda"
     runner = ModelRunner(loaded.model, settings.max_batch_size, max_model_len, tokenizer.eos_token_id,
-                         vocab_size=tokenizer.vocab_size)
+                         vocab_size=tokenizer.vocab_size, static_decode=static_decode)
     runner.warm_up()
-    scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens)
-    core = EngineCore(runner, scheduler, max_model_len, tokenizer.eos_token_id, settings.seed)
+    scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens, max_model_len,
+                          tokenizer.eos_token_id, settings.prefix_caching)
+    core = EngineCore(runner, scheduler, settings.seed)
     device, dtype = str(loaded.device), str(loaded.dtype).removeprefix("torch.")
     reference = None
     if settings.embedding_reference:  # statistics that standardise embeddings (app/embedding_stats.py)
@@ -71,9 +76,11 @@ def build_core(settings: Settings) -> tuple["EngineCore", EngineInfo]:
     info = EngineInfo(settings.model_name, settings.model, device, dtype, settings.load_format, max_model_len,
                       config.num_parameters, runner.vocab_size, tokenizer.eos_token_id, settings.max_batch_size,
                       str(loaded.tokenizer_dir), total(), used(), num_layers=config.n_layer, num_heads=config.n_head,
-                      hidden_size=config.n_embd, embedding_reference=reference)
-    log.info("model %s ready on %s (%s, %s weights, %.0fM parameters, max_model_len %d)", info.source, info.device,
-             info.dtype, info.load_format, info.num_parameters / 1e6, max_model_len)
+                      hidden_size=config.n_embd, embedding_reference=reference,
+                      cuda_graphs=runner.static.captured if runner.static else [])
+    log.info("model %s ready on %s (%s, %s weights, %.0fM parameters, max_model_len %d, CUDA graphs: %s)",
+             info.source, info.device, info.dtype, info.load_format, info.num_parameters / 1e6, max_model_len,
+             f"batch sizes {info.cuda_graphs}" if info.cuda_graphs else "off")
     return core, info
 
 

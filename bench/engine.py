@@ -73,18 +73,25 @@ class ModelClock:
     """Accumulates time spent inside the model's forward and lm_head (on a GPU, synchronized
     around each call, so that the kernels' time counts as the model's)."""
 
-    def __init__(self, model):
-        self.seconds = 0.0
+    def __init__(self, runner):
+        self.seconds, self.depth = 0.0, 0
+        if runner.static is not None:  # fixed-shape decode steps (a CUDA graph's replay calls no forward)
+            runner.static.run = self._wrap(runner.static.run)
         for name in ("forward", "logits"):
-            setattr(model, name, self._wrap(getattr(model, name)))
+            setattr(runner.model, name, self._wrap(getattr(runner.model, name)))
 
     def _wrap(self, fn):
         def timed(*args, **kwargs):
             synchronize()
             start = time.perf_counter()
-            out = fn(*args, **kwargs)
+            self.depth += 1
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
             synchronize()
-            self.seconds += time.perf_counter() - start
+            if not self.depth:  # a forward inside an eager fixed-shape step counts once
+                self.seconds += time.perf_counter() - start
             return out
 
         return timed
@@ -135,15 +142,20 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per request")
     parser.add_argument("--new", type=int, default=128, help="new tokens per request")
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers reference")
+    parser.add_argument("--cuda-graphs", nargs="+", default=["auto"], choices=["auto", "off"],
+                        help="GPT2_CUDA_GRAPHS; both (auto off) compares them in one run")
     args = parser.parse_args()
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    settings = Settings(model=args.model, load_format="dummy", device=args.device, dtype=args.dtype,
-                        max_batch_size=max(args.concurrency), max_num_batched_tokens=max(2048, max(args.concurrency)),
-                        max_queue=max(args.concurrency))
-    core, info = build_core(settings)
-    clock = ModelClock(core.runner.model)
+    cores = {}
+    for graphs in args.cuda_graphs:
+        settings = Settings(model=args.model, load_format="dummy", device=args.device, dtype=args.dtype,
+                            max_batch_size=max(args.concurrency),
+                            max_num_batched_tokens=max(2048, max(args.concurrency)), max_queue=max(args.concurrency),
+                            cuda_graphs=graphs)
+        core, info = build_core(settings)
+        cores[graphs] = core, ModelClock(core.runner)
     config = core.runner.model.config
     hf_model = None
     if not args.no_transformers:
@@ -158,17 +170,19 @@ def main() -> None:
     params = config.num_parameters
     print(f"# {info.source} shapes, {params / 1e6:.1f}M parameters, {args.dtype}, {torch.get_num_threads()} threads; "
           f"prompt {args.prompt}, new {args.new}; {peak}")
-    print(f"{'conc':>4} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} {'decode tok/s':>12} {'roofline':>8} "
-          f"{'(oneDNN)':>8} {'python':>7}")
+    print(f"{'conc':>4} {'graphs':>6} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} {'decode tok/s':>12} "
+          f"{'roofline':>8} {'(oneDNN)':>8} {'python':>7}")
     gen = torch.Generator().manual_seed(0)
     for c in args.concurrency:
         prompts = torch.randint(0, config.vocab_size, (c, args.prompt), generator=gen).tolist()
-        ours = run_engine(core, prompts, args.new, clock)
         hf = run_transformers(hf_model, prompts, args.new) if hf_model is not None else None
-        flops = 2 * params * ours["decode_tok_s"]
-        hf_text = f"{hf['tok_s']:9.1f} {ours['tok_s'] / hf['tok_s']:6.2f}" if hf else f"{'-':>9} {'-':>6}"
-        print(f"{c:4d} {ours['tok_s']:10.1f} {hf_text} {ours['decode_tok_s']:12.1f} {flops / gflops / 1e9:8.1%} "
-              f"{flops / onednn_gflops / 1e9:8.1%} {ours['python']:7.1%}", flush=True)
+        for core, clock in cores.values():
+            ours = run_engine(core, prompts, args.new, clock)
+            flops = 2 * params * ours["decode_tok_s"]
+            hf_text = f"{hf['tok_s']:9.1f} {ours['tok_s'] / hf['tok_s']:6.2f}" if hf else f"{'-':>9} {'-':>6}"
+            on = "on" if core.runner.static is not None and core.runner.static.graphs else "off"
+            print(f"{c:4d} {on:>6} {ours['tok_s']:10.1f} {hf_text} {ours['decode_tok_s']:12.1f} "
+                  f"{flops / gflops / 1e9:8.1%} {flops / onednn_gflops / 1e9:8.1%} {ours['python']:7.1%}", flush=True)
 
 
 if __name__ == "__main__":

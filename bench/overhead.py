@@ -75,7 +75,9 @@ def engine_only(model_dir: str, sequences: int, new: int, device: str) -> dict:
 
     core, _ = build_core(Settings(model=model_dir, load_format="dummy", device=device, max_batch_size=sequences,
                                   max_num_batched_tokens=max(2048, sequences), max_queue=sequences))
-    model, sampler = Clock(core.runner.model, "forward", "logits"), Clock(core.runner.sampler, "sample")
+    static = core.runner.static  # fixed-shape decode steps (CUDA graphs): their replay calls no forward
+    model = Clock(static, "run") if static is not None else Clock(core.runner.model, "forward", "logits")
+    sampler = Clock(core.runner.sampler, "sample")
     params = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
     for i in range(sequences):
         core.add(EngineRequest(f"r{i}", [(7 * i + j) % 50000 for j in range(16)], params, time.monotonic()))

@@ -24,6 +24,17 @@ def make_hf_model(seed: int = 0, **shape) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(config).eval()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need an NVIDIA GPU: skipped, with the reason, where torch sees none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False here); run `pytest -m cuda` "
+                            "on a GPU host, e.g. scripts/gpu-check.sh")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A directory with config.json, model.safetensors, vocab.json and merges.txt."""

@@ -18,7 +18,7 @@ from app.api.errors import APIError, error_body
 from app.api.limits import check_cost, check_sampling, check_texts
 from app.api.offload import OffloadRoute, encode_texts
 from app.api.record import RecordDep, RequestRecord
-from app.api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, Usage
+from app.api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, PromptTokensDetails, Usage
 from app.api.submission import check, engine_dead, gather_all, submit_all
 from app.engine.client import EngineClient, EngineDeadError, RequestStream
 from app.engine.sequence import FinishReason, RequestOutput
@@ -236,7 +236,12 @@ async def merged(choices: list[Choice]) -> AsyncIterator[tuple[Choice, RequestOu
 def usage(prompts: list[list[int]], choices: list[Choice]) -> Usage:
     prompt_tokens = sum(map(len, prompts))
     completion = sum(c.completion_tokens for c in choices)
-    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
+    # each prompt counts once, as in prompt_tokens: its tokens that none of its n choices computed
+    n = len(choices) // len(prompts)
+    cached = sum(min(c.stats.cached_tokens if c.stats else 0 for c in choices[i : i + n])
+                 for i in range(0, len(choices), n))
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 
 
 def note(record: RequestRecord, choices: list[Choice]) -> None:

@@ -5,7 +5,7 @@ writes one log line, a JSON object under GPT2_LOG_FORMAT=json:
     {"time": ..., "level": "info", "logger": "app.access", "message": "POST /v1/completions 200 812.4ms",
      "request_id": "...", "method": "POST", "endpoint": "/v1/completions", "status": 200,
      "duration_ms": 812.4, "prompt_tokens": 5, "completion_tokens": 16, "queue_time_ms": 0.3,
-     "ttft_ms": 41.2, "finish_reason": "length"}
+     "ttft_ms": 41.2, "reused_tokens": 0, "finish_reason": "length"}
 
 The route leaves what it knows in the request's RequestRecord (app/api/record.py); the middleware
 only reads it. The prompt text is logged only with GPT2_LOG_PROMPTS=true. Probes and /metrics log
@@ -145,6 +145,7 @@ def request_fields(scope: Scope, record: RequestRecord | None, endpoint: str, st
             ttfts = [s.time_to_first_token for s in stats if s.time_to_first_token is not None]
             if ttfts:
                 fields["ttft_ms"] = ms(min(ttfts))
+            fields["reused_tokens"] = sum(s.cached_tokens for s in stats)  # prefix cache, over all sequences
         if record.finish_reasons:
             fields["finish_reason"] = ",".join(dict.fromkeys(str(r) for r in record.finish_reasons))
         if record.error_code:

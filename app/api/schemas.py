@@ -221,12 +221,21 @@ class CompletionChoice(BaseModel):
                                                             examples=["stop"])
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(..., description="Of prompt_tokens, those whose keys and values (and scores) were "
+                               "reused from the prefix cache rather than computed (GPT2_PREFIX_CACHING).",
+                               examples=[0])
+
+
 class Usage(BaseModel):
     prompt_tokens: int = Field(..., description="Tokens of the prompts, each prompt counted once (even with n > 1).",
                                examples=[5])
     completion_tokens: int = Field(..., description="Tokens generated, summed over all choices (echoed prompt "
                                    "tokens not included).", examples=[8])
     total_tokens: int = Field(..., description="prompt_tokens + completion_tokens.", examples=[13])
+    prompt_tokens_details: PromptTokensDetails | None = Field(None, description="How the prompt tokens were "
+                                                              "processed, as in OpenAI's usage.",
+                                                              examples=[{"cached_tokens": 0}])
 
 
 class CompletionResponse(BaseModel):

@@ -23,10 +23,10 @@ from app.engine.protocol import (
     core_decoder,
     encoder,
 )
-from app.engine.runner import ModelRunner, StepResult
+from app.engine.runner import ModelRunner
 from app.engine.scheduler import Scheduler, SchedulerOutput
-from app.engine.sequence import FinishReason, PromptScores, RequestOutput, Sequence
-from app.engine.stats import RequestStats, StepStats
+from app.engine.sequence import FinishReason, RequestOutput, Sequence
+from app.engine.stats import StepStats
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,9 @@ IDLE_POLL_MS = 1000  # an idle engine wakes up this often to check that its pare
 
 
 class EngineCore:
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, max_model_len: int, eos_token_id: int | None,
-                 seed: int = 0):
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, seed: int = 0):
         self.runner = runner
         self.scheduler = scheduler
-        self.max_model_len = max_model_len
-        self.eos_token_id = eos_token_id
         self.fault: Fault | None = None  # tests and chaos drills only
         self._seeds = np.random.default_rng(seed)  # streams of requests that bring no seed
 
@@ -57,7 +54,7 @@ class EngineCore:
         seq = self.scheduler.find(request_id)
         if seq is None:
             return None
-        self._finish(seq, FinishReason.ABORT, time.monotonic())
+        self.scheduler.finish(seq, FinishReason.ABORT)
         return RequestOutput(request_id, finish_reason=FinishReason.ABORT, num_output_tokens=len(seq.output_token_ids),
                              stats=seq.stats)
 
@@ -79,76 +76,9 @@ class EngineCore:
             result = self.runner.execute(batch)
         except Exception as exc:  # one bad step fails its own sequences, not the engine
             log.exception("engine step failed; failing its %d sequences", len(batch.decodes) + len(batch.prefills))
-            return self._fail(batch, exc), self.stats(batch, start)
-        outputs, latencies = self._update(batch, result)
+            return self.scheduler.fail(batch, f"{type(exc).__name__}: {exc}"), self.stats(batch, start)
+        outputs, latencies = self.scheduler.update(batch, result)
         return outputs, self.stats(batch, start, latencies)
-
-    def _update(self, batch: SchedulerOutput, result: StepResult) -> tuple[list[RequestOutput], list[float]]:
-        now = time.monotonic()
-        tokens, logprobs = result.tokens, result.logprobs
-        outputs, latencies = [], []
-        for i, seq in enumerate(batch.decodes):
-            token = tokens[i]
-            seq.num_computed += 1
-            latencies.append(now - seq.last_token_time)
-            seq.last_token_time = now
-            seq.output_token_ids.append(token)
-            self._check_stop(seq, token, now)
-            outputs.append(RequestOutput(seq.request_id, [token], [logprobs[i]] if logprobs and logprobs[i] else [],
-                                         None, seq.finish_reason, None, len(seq.output_token_ids), seq.stats))
-        row = len(batch.decodes)
-        for i, (seq, n) in enumerate(batch.prefills):
-            seq.num_computed += n
-            seq.readout = result.readouts.get(i, seq.readout)
-            scores = result.prompt_scores.get(i)
-            if scores is not None:
-                if seq.prompt_scores is None:
-                    seq.prompt_scores = scores
-                else:
-                    seq.prompt_scores.extend(scores)
-            if seq.in_prefill:
-                continue
-            if seq.prompt_scores is None and seq.params.prompt_logprobs is not None:
-                seq.prompt_scores = PromptScores()  # a one-token prompt has nothing to score
-            if not seq.params.max_tokens:  # a prompt-only request: scored, nothing to generate
-                self._finish(seq, FinishReason.LENGTH, now)
-                outputs.append(RequestOutput(seq.request_id, prompt_scores=seq.prompt_scores,
-                                             finish_reason=seq.finish_reason, stats=seq.stats, readout=seq.readout))
-                continue
-            token, logprob = tokens[row], logprobs[row] if logprobs else None
-            row += 1
-            seq.first_token_time = seq.last_token_time = now
-            seq.output_token_ids.append(token)
-            self.scheduler.start_decoding(seq)
-            self._check_stop(seq, token, now)
-            outputs.append(RequestOutput(seq.request_id, [token], [logprob] if logprob else [], seq.prompt_scores,
-                                         seq.finish_reason, None, 1, seq.stats, seq.readout))
-        return outputs, latencies
-
-    def _check_stop(self, seq: Sequence, token_id: int, now: float) -> None:
-        p = seq.params
-        if (token_id == self.eos_token_id and not p.ignore_eos) or (p.stop_token_ids and token_id in p.stop_token_ids):
-            self._finish(seq, FinishReason.STOP, now)
-        elif len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-            self._finish(seq, FinishReason.LENGTH, now)
-
-    def _finish(self, seq: Sequence, reason: FinishReason, now: float) -> None:
-        self.scheduler.finish(seq, reason)
-        scored = len(seq.prompt_scores.token_logprobs) if seq.prompt_scores else 0
-        ttft = seq.first_token_time - seq.arrival_time if seq.first_token_time else None
-        seq.stats = RequestStats(seq.request_id, seq.num_prompt_tokens, len(seq.output_token_ids),
-                                 (seq.scheduled_time or now) - seq.arrival_time, ttft, now - seq.arrival_time,
-                                 reason.value, scored)
-
-    def _fail(self, batch: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
-        outputs, now = [], time.monotonic()
-        for seq in [*batch.decodes, *(s for s, _ in batch.prefills)]:
-            if seq.finish_reason is None:
-                self._finish(seq, FinishReason.ERROR, now)
-                outputs.append(RequestOutput(seq.request_id, finish_reason=FinishReason.ERROR,
-                                             error=f"{type(exc).__name__}: {exc}",
-                                             num_output_tokens=len(seq.output_token_ids), stats=seq.stats))
-        return outputs
 
     def stats(self, batch: SchedulerOutput | None = None, start: float = 0.0,
               latencies: list[float] = ()) -> StepStats:
@@ -158,7 +88,8 @@ class EngineCore:
             return StepStats("idle", 0.0, 0, 0, 0, [], s.num_running, len(s.waiting), s.kv_cache_usage)
         return StepStats(batch.phase, time.monotonic() - start, len(batch.decodes) + len(batch.prefills),
                          batch.num_tokens - len(batch.decodes), len(batch.decodes), latencies, s.num_running,
-                         len(s.waiting), s.kv_cache_usage)
+                         len(s.waiting), s.kv_cache_usage, None, batch.queried_tokens, batch.hit_tokens,
+                         batch.evictions)
 
 
 class CoreServer:

@@ -94,6 +94,7 @@ class EngineInfo(msgspec.Struct):
     num_heads: int = 0
     hidden_size: int = 0
     embedding_reference: str | None = None  # what standardises embeddings (GPT2_EMBEDDING_REFERENCE), if loaded
+    cuda_graphs: list[int] = []  # the decode step's batch sizes captured as CUDA graphs (graphs.py); empty: none
 
 
 def encoder() -> msgspec.msgpack.Encoder:

@@ -144,7 +144,7 @@ class Sampler:
             i, t, v = zip(*entries, strict=True)
             plan.bias = tensor(i, torch.long), tensor(t, torch.long), tensor(v)
         pairs = [(i, t, p.min_tokens) for i, p in enumerate(params) if p.min_tokens
-                 for t in self._stop_ids(p)]
+                 for t in sorted(p.stop_ids(self.eos_token_id))]
         if pairs:
             i, t, m = (np.array(column) for column in zip(*pairs, strict=True))
             plan.held = i, t, slots[i], m
@@ -152,13 +152,6 @@ class Sampler:
         if rows:
             plan.logprobs = rows, [params[i].logprobs for i in rows]
         return plan
-
-    def _stop_ids(self, params: SamplingParams) -> list[int]:
-        """The tokens that would end a sequence (held back until min_tokens are out)."""
-        ids = list(params.stop_token_ids)
-        if self.eos_token_id is not None and not params.ignore_eos:
-            ids.append(self.eos_token_id)
-        return ids
 
     def _process(self, logits: Tensor, plan: RowPlan) -> Tensor:
         """logit_bias, min_tokens and penalties; returns `logits` untouched when none apply."""

@@ -1,19 +1,31 @@
-"""Who runs in the next step: pure bookkeeping, no tensors.
+"""Who runs in the next step, and what a step's results change: pure bookkeeping, no tensors.
 
 Iteration-level batching: every step, running sequences that are decoding get one token each;
-what is left of the step's token budget goes to prefill, in arrival order, first to sequences
-already part-way through their prompt, then to waiting ones as cache slots allow. A long prompt
-is thus prefilled in chunks between decode steps, and decodes are never starved.
+what is left of the step's token budget goes to prefill, first to sequences already part-way
+through their prompt, then to waiting ones as cache slots allow. A long prompt is thus prefilled
+in chunks between decode steps, and decodes are never starved.
 
-The decoding sequences are kept as a list that changes only when one joins or leaves, with a
-version number, so that the runner rebuilds its view of the batch only then.
+A waiting sequence starts from the longest prefix of its prompt whose keys and values a slot
+already holds (prefix_cache.py); one whose prefix a running prefill is computing waits for that
+prefill rather than computing it twice. Among the first LOOKAHEAD waiting sequences that can go,
+the one reusing the most goes first; the first of them is overtaken at most LOOKAHEAD times.
+
+After the step, `update()` appends the new tokens, applies the stop rule and turns finished
+prompts into decoding sequences. The decoding sequences are kept as a list that changes only when
+one joins or leaves, with a version number, so that the runner rebuilds its view of the batch only
+then.
 """
 
-import heapq
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from app.engine.sequence import FinishReason, Sequence, Status
+from app.engine.inspection import Readout
+from app.engine.prefix_cache import BLOCK, PrefixCache, Reuse, reused_scores
+from app.engine.sequence import FinishReason, PromptScores, RequestOutput, Sequence, Status
+from app.engine.stats import RequestStats
+
+LOOKAHEAD = 8  # waiting sequences considered for each free slot
 
 
 @dataclass
@@ -21,6 +33,11 @@ class SchedulerOutput:
     decodes: list[Sequence] = field(default_factory=list)
     prefills: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, chunk length)
     decode_version: int = -1  # changes whenever the list of decoding sequences does
+    admitted: list[Sequence] = field(default_factory=list)  # took a slot this step
+    copies: list[tuple[int, int, int]] = field(default_factory=list)  # KV (source slot, slot, tokens), in order
+    queried_tokens: int = 0  # prompt tokens of the admitted sequences
+    hit_tokens: int = 0  # ... of which reused from the cache
+    evictions: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -38,18 +55,33 @@ class SchedulerOutput:
         return "decode" if self.decodes else "prefill"
 
 
+@dataclass
+class StepResult:
+    """What the runner computed for a SchedulerOutput: a token for each sampled sequence (the
+    decodes, in order, then the prefill chunks that finish their prompt and generate) and scores
+    for prefill chunks."""
+
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list | None = None  # TokenLogprob or None, aligned with tokens, when any row asked
+    prompt_scores: dict[int, PromptScores] = field(default_factory=dict)  # by prefill chunk index
+    readouts: dict[int, Readout] = field(default_factory=dict)  # likewise, for explain and embed (readout.py)
+
+
 class Scheduler:
-    def __init__(self, max_batch_size: int, max_num_batched_tokens: int):
+    def __init__(self, max_batch_size: int, max_num_batched_tokens: int, max_model_len: int,
+                 eos_token_id: int | None = None, prefix_caching: bool = True):
         if max_num_batched_tokens < max_batch_size:
             raise ValueError("max_num_batched_tokens must be at least max_batch_size, "
                              "so that every running sequence can decode in each step")
         self.max_batch_size = max_batch_size
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.eos_token_id = eos_token_id
+        self.cache = PrefixCache(max_batch_size, prefix_caching)
         self.waiting: deque[Sequence] = deque()
         self.prefilling: list[Sequence] = []  # in admission order
         self.decoding: list[Sequence] = []
         self.decode_version = 0
-        self._free_slots = list(range(max_batch_size))  # a heap: the lowest slot is taken first
         self._by_id: dict[str, Sequence] = {}
 
     @property
@@ -69,12 +101,14 @@ class Scheduler:
         """Queue a sequence (admission control happens before it reaches the engine)."""
         if seq.request_id in self._by_id:
             raise ValueError(f"request id {seq.request_id!r} is already queued or running")
+        seq.stop_ids = seq.params.stop_ids(self.eos_token_id)
         self.waiting.append(seq)
         self._by_id[seq.request_id] = seq
 
     def find(self, request_id: str) -> Sequence | None:
         return self._by_id.get(request_id)
 
+    # --- before the step -----------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(decodes=self.decoding, decode_version=self.decode_version)
         budget = self.max_num_batched_tokens - len(self.decoding)
@@ -82,13 +116,59 @@ class Scheduler:
             if budget <= 0:
                 break
             budget -= self._add_chunk(out, seq, budget)
-        while self.waiting and self._free_slots and budget > 0:
-            seq = self.waiting.popleft()
-            seq.slot = heapq.heappop(self._free_slots)
-            seq.status = Status.PREFILL
-            self.prefilling.append(seq)
-            budget -= self._add_chunk(out, seq, budget)
+        evictions, deferred = self.cache.evictions, set()
+        while self.waiting and self.cache.free and budget > 0:
+            choice = self._next_waiting(deferred)
+            if choice is None:
+                break
+            budget -= self._admit(out, *choice, budget)
+        out.evictions = self.cache.evictions - evictions
         return out
+
+    def _next_waiting(self, deferred: set[Sequence]) -> tuple[Sequence, Reuse | None] | None:
+        """The waiting sequence to admit next and what it reuses; None if every one in sight waits
+        for a running prefill to compute its prefix."""
+        first = best = None
+        considered = 0
+        for seq in self.waiting:
+            if seq in deferred:
+                continue
+            reuse, later = self.cache.lookup(seq)
+            now = reuse.length if reuse else 0
+            if later >= now + BLOCK:  # a running prefill will hold more of it soon
+                deferred.add(seq)
+                continue
+            if first is None:
+                first = best = (seq, reuse)
+                if seq.overtaken >= LOOKAHEAD:
+                    break
+            elif now > (best[1].length if best[1] else 0):
+                best = (seq, reuse)
+            considered += 1
+            if considered == LOOKAHEAD:
+                break
+        if best is not first:
+            first[0].overtaken += 1
+        return best
+
+    def _admit(self, out: SchedulerOutput, seq: Sequence, reuse: Reuse | None, budget: int) -> int:
+        # a compact slot range keeps decode attention from reading holes, unless every free slot is
+        # about to be taken anyway
+        compact = len(self.waiting) < len(self.cache.free)
+        self.waiting.remove(seq)
+        if reuse is not None:
+            source = self.cache.slots[reuse.source].seq  # (all of `reuse.alike` hold the same prefix)
+            seq.prompt_scores = reused_scores(seq, source, reuse.length)
+            seq.num_computed = seq.num_cached_tokens = reuse.length
+        seq.slot, reuse = self.cache.allocate(seq, reuse, compact)
+        if reuse is not None and reuse.source != seq.slot:
+            out.copies.append((reuse.source, seq.slot, reuse.length))
+        seq.status = Status.PREFILL
+        self.prefilling.append(seq)
+        out.admitted.append(seq)
+        out.queried_tokens += seq.num_prompt_tokens
+        out.hit_tokens += seq.num_cached_tokens
+        return self._add_chunk(out, seq, budget)
 
     @staticmethod
     def _add_chunk(out: SchedulerOutput, seq: Sequence, budget: int) -> int:
@@ -96,17 +176,81 @@ class Scheduler:
         out.prefills.append((seq, n))
         return n
 
-    def start_decoding(self, seq: Sequence) -> None:
+    # --- after the step ------------------------------------------------------------------------
+    def update(self, batch: SchedulerOutput, result: StepResult) -> tuple[list[RequestOutput], list[float]]:
+        """Apply a step's results: new tokens, finished prompts, stops. Returns one output per
+        sequence that has news, and the decodes' inter-token latencies."""
+        now = time.monotonic()
+        tokens, logprobs = result.tokens, result.logprobs
+        outputs, latencies = [], []
+        for i, seq in enumerate(batch.decodes):
+            token = tokens[i]
+            seq.num_computed += 1
+            latencies.append(now - seq.last_token_time)
+            seq.last_token_time = now
+            seq.output_token_ids.append(token)
+            self._check_stop(seq, token, now)
+            outputs.append(RequestOutput(seq.request_id, [token], [logprobs[i]] if logprobs and logprobs[i] else [],
+                                         None, seq.finish_reason, None, len(seq.output_token_ids), seq.stats))
+        row = len(batch.decodes)
+        for i, (seq, n) in enumerate(batch.prefills):
+            seq.num_computed += n
+            self.cache.computed(seq)
+            seq.readout = result.readouts.get(i, seq.readout)
+            scores = result.prompt_scores.get(i)
+            if scores is not None:
+                if seq.prompt_scores is None:
+                    seq.prompt_scores = scores
+                else:
+                    seq.prompt_scores.extend(scores)
+            if seq.in_prefill:
+                continue
+            if seq.prompt_scores is None and seq.params.prompt_logprobs is not None:
+                seq.prompt_scores = PromptScores()  # a one-token prompt has nothing to score
+            if not seq.params.max_tokens:  # a prompt-only request: scored, nothing to generate
+                self.finish(seq, FinishReason.LENGTH, now)
+                outputs.append(RequestOutput(seq.request_id, prompt_scores=seq.prompt_scores,
+                                             finish_reason=seq.finish_reason, stats=seq.stats, readout=seq.readout))
+                continue
+            token, logprob = tokens[row], logprobs[row] if logprobs else None
+            row += 1
+            seq.first_token_time = seq.last_token_time = now
+            seq.output_token_ids.append(token)
+            self._start_decoding(seq)
+            self._check_stop(seq, token, now)
+            outputs.append(RequestOutput(seq.request_id, [token], [logprob] if logprob else [], seq.prompt_scores,
+                                         seq.finish_reason, None, 1, seq.stats, seq.readout))
+        return outputs, latencies
+
+    def fail(self, batch: SchedulerOutput, error: str) -> list[RequestOutput]:
+        """The step raised: its sequences end with an error (their slots' rows may be half written,
+        so nothing of them is kept for reuse)."""
+        outputs, now = [], time.monotonic()
+        for seq in [*batch.decodes, *(s for s, _ in batch.prefills)]:
+            if seq.finish_reason is None:
+                self.finish(seq, FinishReason.ERROR, now)
+                outputs.append(RequestOutput(seq.request_id, finish_reason=FinishReason.ERROR, error=error,
+                                             num_output_tokens=len(seq.output_token_ids), stats=seq.stats))
+        return outputs
+
+    def _check_stop(self, seq: Sequence, token_id: int, now: float) -> None:
+        if token_id in seq.stop_ids:
+            self.finish(seq, FinishReason.STOP, now)
+        elif len(seq.output_token_ids) >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
+            self.finish(seq, FinishReason.LENGTH, now)
+
+    def _start_decoding(self, seq: Sequence) -> None:
         """Its prompt is computed: from the next step on it generates."""
         self.prefilling.remove(seq)
         self.decoding = [*self.decoding, seq]  # a new list: the one handed out by schedule() stays as it was
         seq.status = Status.DECODE
         self.decode_version += 1
 
-    def finish(self, seq: Sequence, reason: FinishReason) -> None:
-        """Take a sequence out of the queue or the batch and free its slot."""
+    def finish(self, seq: Sequence, reason: FinishReason, now: float | None = None) -> None:
+        """Take a sequence out of the queue or the batch, free its slot, and write its stats."""
         if seq.status is Status.FINISHED:
             return
+        now = time.monotonic() if now is None else now
         if seq.status is Status.WAITING:
             self.waiting.remove(seq)
         else:
@@ -115,7 +259,12 @@ class Scheduler:
                 self.decode_version += 1
             else:
                 self.prefilling.remove(seq)
-            heapq.heappush(self._free_slots, seq.slot)
+            self.cache.release(seq, keep=reason is not FinishReason.ERROR)
         del self._by_id[seq.request_id]
         seq.status = Status.FINISHED
         seq.finish_reason = reason
+        scored = len(seq.prompt_scores.token_logprobs) if seq.prompt_scores else 0
+        ttft = seq.first_token_time - seq.arrival_time if seq.first_token_time else None
+        seq.stats = RequestStats(seq.request_id, seq.num_prompt_tokens, len(seq.output_token_ids),
+                                 (seq.scheduled_time or now) - seq.arrival_time, ttft, now - seq.arrival_time,
+                                 reason.value, scored, seq.num_cached_tokens)

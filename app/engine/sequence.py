@@ -48,10 +48,19 @@ class SamplingParams(msgspec.Struct, omit_defaults=True):
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
     @property
-    def needs_all_hidden_states(self) -> bool:
-        """Every prompt position must go through the model in this request (its hidden states are read:
-        explain, embeddings), even where another request's cached keys could stand in for them."""
-        return self.explain is not None or self.embed is not None
+    def reads_hidden_states_from(self) -> int | None:
+        """The first prompt position whose hidden states this request reads (explain, mean-pooled
+        embeddings): from there on its prompt goes through the model even where another request's
+        cached keys and values could stand in. None: it reads none (or only the last position's)."""
+        starts = [*(self.explain.positions[:1] if self.explain else ()),
+                  *((0,) if self.embed is not None and "mean" in self.embed.pooling else ())]
+        return min(starts, default=None)
+
+    def stop_ids(self, eos_token_id: int | None) -> frozenset[int]:
+        """The tokens that end a sequence: EOS (unless ignore_eos) and stop_token_ids. The sampler
+        holds them back until min_tokens are out; the scheduler ends a sequence that draws one."""
+        eos = () if eos_token_id is None or self.ignore_eos else (eos_token_id,)
+        return frozenset((*self.stop_token_ids, *eos))
 
 
 class FinishReason(str, enum.Enum):
@@ -131,6 +140,11 @@ class Sequence:
     finish_reason: FinishReason | None = None
     prompt_scores: PromptScores | None = None  # filled chunk by chunk during prefill
     readout: Readout | None = None  # likewise, with explain or embed (engine/readout.py)
+    stop_ids: frozenset[int] = frozenset()  # params.stop_ids(eos), once
+    # prefix reuse (prefix_cache.py)
+    block_hashes: list[int] | None = None  # chained hashes of the prompt's full blocks, once looked up
+    num_cached_tokens: int = 0  # leading prompt tokens whose keys and values (and scores) were reused
+    overtaken: int = 0  # times a later sequence was admitted first while this one could have gone
     # timings (time.monotonic) for stats
     scheduled_time: float | None = None
     first_token_time: float | None = None

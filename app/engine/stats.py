@@ -15,6 +15,7 @@ class RequestStats(msgspec.Struct, array_like=True, gc=False):
     e2e_time: float  # arrival -> finished
     finish_reason: str
     scored_tokens: int  # prompt tokens given a logprob
+    cached_tokens: int = 0  # prompt tokens whose keys and values were reused, not computed
 
 
 class StepStats(msgspec.Struct, array_like=True, gc=False):
@@ -30,3 +31,8 @@ class StepStats(msgspec.Struct, array_like=True, gc=False):
     num_waiting: int = 0  # sequences queued for a slot
     kv_cache_usage: float = 0.0  # fraction of slots held
     memory_used: float | None = None  # bytes on the model's device (refreshed about once a second)
+    # prefix reuse in this step: prompt tokens of the sequences admitted, of those the tokens reused,
+    # and slots whose kept keys and values were dropped to make room
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    prefix_evictions: int = 0

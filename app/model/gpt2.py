@@ -57,7 +57,7 @@ class AttentionPlan:
     num_decode: int
     # decodes attend over cache slots [slot_lo, slot_lo + R) and key positions [0, span)
     slot_lo: int = 0
-    decode_rows: Tensor | None = None  # [num_decode] row of each decode within the slot range
+    decode_rows: Tensor | None = None  # [num_decode] row of each decode within the slot range; None: R rows, in order
     decode_mask: Tensor | None = None  # [R, 1, 1, span] bool, True = may attend
     prefills: tuple[Prefill, ...] = ()
 
@@ -144,9 +144,9 @@ def attend_decodes(q: Tensor, layer_k: Tensor, layer_v: Tensor, plan: AttentionP
     k = layer_k[plan.slot_lo : plan.slot_lo + R, :, :N]  # [R, H, N, D]
     v = layer_v[plan.slot_lo : plan.slot_lo + R, :, :N]
     rows = plan.decode_rows
-    qr = q.new_zeros(R, *q.shape[1:]).index_copy_(0, rows, q)  # [R, H, D]
-    y = F.scaled_dot_product_attention(qr.unsqueeze(2), k, v, attn_mask=mask)  # [R, H, 1, D]
-    return y.squeeze(2).index_select(0, rows)
+    qr = q if rows is None else q.new_zeros(R, *q.shape[1:]).index_copy_(0, rows, q)  # [R, H, D]
+    y = F.scaled_dot_product_attention(qr.unsqueeze(2), k, v, attn_mask=mask).squeeze(2)  # [R, H, D]
+    return y if rows is None else y.index_select(0, rows)
 
 
 def attend_prefill(q: Tensor, slot_k: Tensor, slot_v: Tensor, chunk: Prefill) -> Tensor:

@@ -198,6 +198,19 @@ def panels() -> list[dict]:
         timeseries("KV-cache usage",
                    [target(f"max by (instance) (gpt2_kv_cache_usage_ratio{{{INST}}})", "{{instance}}")],
                    "percentunit", "Share of KV-cache slots in use per instance.", max=1),
+        timeseries("Prefix cache",
+                   [target(f"sum(rate(gpt2_prefix_cache_hit_tokens_total{{{INST}}}[{RATE}])) "
+                           f"/ sum(rate(gpt2_prefix_cache_queried_tokens_total{{{INST}}}[{RATE}]))", "hit ratio"),
+                    target(f"sum(rate(gpt2_prefill_tokens_total{{{INST}}}[{RATE}])) "
+                           f"/ sum(rate(gpt2_prefix_cache_queried_tokens_total{{{INST}}}[{RATE}]))",
+                           "computed ratio")],
+                   "percentunit", "Share of prompt tokens whose keys and values (and scores) were reused "
+                   "from an earlier or running sequence, and share the model computed (GPT2_PREFIX_CACHING).",
+                   max=1),
+        timeseries("Prefix cache evictions",
+                   [target(f"sum(rate(gpt2_prefix_cache_evictions_total{{{INST}}}[{RATE}]))", "evictions")],
+                   "ops", "Kept prefixes dropped per second to make room for new sequences: high with a "
+                   "low hit ratio means more slots (GPT2_MAX_BATCH_SIZE) would keep more."),
 
         row("Resources"),
         timeseries("Device memory",

@@ -28,7 +28,8 @@ _HISTOGRAMS = [
 ]
 _COUNTERS = [  # exposed with the _total suffix
     "gpt2_requests", "gpt2_prompt_tokens", "gpt2_generation_tokens", "gpt2_scored_tokens",
-    "gpt2_requests_rejected", "gpt2_requests_aborted",
+    "gpt2_requests_rejected", "gpt2_requests_aborted", "gpt2_prefill_tokens", "gpt2_prefix_cache_queried_tokens",
+    "gpt2_prefix_cache_hit_tokens", "gpt2_prefix_cache_evictions",
     # prometheus-client's default collectors
     "process_cpu_seconds", "python_gc_objects_collected", "python_gc_objects_uncollectable",
     "python_gc_collections",

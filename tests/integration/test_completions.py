@@ -126,7 +126,8 @@ def test_stream_options_include_usage(live):
     assert events[-1] == "[DONE]"
     usage_chunk = events[-2]
     assert usage_chunk["choices"] == [] and usage_chunk["usage"] == {"prompt_tokens": 3, "completion_tokens": 20,
-                                                                      "total_tokens": 23}
+                                                                      "total_tokens": 23,
+                                                                      "prompt_tokens_details": {"cached_tokens": 0}}
     finished = [c["choices"][0]["index"] for c in events[:-2] if c["choices"][0]["finish_reason"]]
     assert sorted(finished) == [0, 1, 2, 3] and all(c["usage"] is None for c in events[:-2])
 

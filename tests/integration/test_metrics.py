@@ -34,10 +34,11 @@ CONTRACT = {
     "gpt2_requests_running": "gauge", "gpt2_requests_waiting": "gauge", "gpt2_kv_cache_usage_ratio": "gauge",
     "gpt2_model_info": "gauge", "gpt2_device_memory_used_bytes": "gauge", "gpt2_device_memory_total_bytes": "gauge",
     "process_cpu_seconds": "counter", "process_resident_memory_bytes": "gauge", "python_info": "gauge",
-    "python_gc_collections": "counter",
+    "python_gc_collections": "counter", "gpt2_prefill_tokens": "counter", "gpt2_prefix_cache_queried_tokens": "counter",
+    "gpt2_prefix_cache_hit_tokens": "counter", "gpt2_prefix_cache_evictions": "counter",
 }
 BOUNDED_LABELS = {"endpoint", "status", "reason", "phase", "le", "model", "device", "dtype", "load_format",
-                  "generation", "implementation", "major", "minor", "patchlevel", "version"}
+                  "cuda_graphs", "generation", "implementation", "major", "minor", "patchlevel", "version"}
 
 
 class Scrape:
@@ -83,7 +84,7 @@ def test_model_info_and_gauges(server):
     s = scrape(server)
     info = server.state.service.info
     assert s("gpt2_model_info", model="tiny-gpt2", device=info.device, dtype=info.dtype,
-             load_format=info.load_format) == 1
+             load_format=info.load_format, cuda_graphs="off") == 1  # a CPU: no CUDA graphs
     assert s("gpt2_requests_running") == 0 and s("gpt2_requests_waiting") == 0 and s("gpt2_kv_cache_usage_ratio") == 0
     assert 0 < s("gpt2_device_memory_used_bytes") < s("gpt2_device_memory_total_bytes")  # CPU: RSS < RAM
 
@@ -145,6 +146,43 @@ def test_counters_follow_usage_and_histograms_follow_sequences_for_n_choices(ser
     assert after("gpt2_time_to_first_token_seconds_count") - before("gpt2_time_to_first_token_seconds_count") == 4
     assert (after("gpt2_request_duration_seconds_count", endpoint="/v1/completions")
             - before("gpt2_request_duration_seconds_count", endpoint="/v1/completions")) == 1
+
+
+def test_a_repeated_prompt_is_computed_once_and_usage_metrics_and_log_say_so(server, caplog):
+    """Prefix reuse through HTTP: n choices prefill their prompt once; a repeat reuses it; the echoed
+    scores are the same numbers; usage (OpenAI's prompt_tokens_details.cached_tokens), the counters
+    and the request log agree."""
+    client = server.client()
+    prompt = list(range(1000, 1100))  # 100 token ids
+    before = scrape(server)
+    forked = client.completions.create(model="tiny-gpt2", prompt=prompt, n=4, max_tokens=2, seed=1, echo=True,
+                                       logprobs=1)
+    middle = scrape(server)
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        again = server.http().post("/v1/completions", json={"model": "tiny-gpt2", "prompt": prompt, "max_tokens": 2,
+                                                            "echo": True, "logprobs": 1},
+                                   headers={"X-Request-ID": "reuse-1"})
+        wait_for(lambda: any(getattr(r, "fields", {}).get("request_id") == "reuse-1" for r in caplog.records))
+    after = scrape(server)
+
+    def delta(a, b, name):
+        return b(name) - a(name)
+
+    # four choices, one prefill of the prompt (+ the last token of each of the three forks)
+    assert delta(before, middle, "gpt2_prefill_tokens_total") == 100 + 3
+    assert delta(before, middle, "gpt2_prefix_cache_queried_tokens_total") == 4 * 100
+    assert delta(before, middle, "gpt2_prefix_cache_hit_tokens_total") == 3 * 99
+    assert forked.usage.prompt_tokens == 100 and forked.usage.prompt_tokens_details.cached_tokens == 0
+    # the repeat: everything but the last prompt token comes from the cache, scores included
+    usage = again.json()["usage"]
+    assert usage["prompt_tokens"] == 100 and usage["prompt_tokens_details"] == {"cached_tokens": 99}
+    assert delta(middle, after, "gpt2_prefill_tokens_total") == 1
+    assert delta(middle, after, "gpt2_prefix_cache_hit_tokens_total") == 99
+    cold = forked.choices[0].logprobs.token_logprobs[:100]
+    warm = again.json()["choices"][0]["logprobs"]["token_logprobs"][:100]
+    assert cold[0] is None and warm[0] is None and warm[1:] == pytest.approx(cold[1:], abs=1e-4)
+    (line,) = [r for r in caplog.records if r.name == "app.access" and r.fields.get("request_id") == "reuse-1"]
+    assert line.fields["reused_tokens"] == 99
 
 
 def test_scored_tokens_follow_score_usage(server):

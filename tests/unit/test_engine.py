@@ -59,7 +59,7 @@ def hf_greedy(hf_model, prompt, max_tokens):
 
 def assert_idle(core) -> None:
     s = core.scheduler
-    assert s.num_unfinished == 0 and sorted(s._free_slots) == list(range(s.max_batch_size))
+    assert s.num_unfinished == 0 and s.cache.free == set(range(s.max_batch_size))
 
 
 def test_staggered_greedy_requests_match_transformers_alone(core, hf_model):

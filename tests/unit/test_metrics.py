@@ -163,7 +163,7 @@ def test_device_memory_on_cpu_is_the_process_and_the_machine():
 
 def fake_engine() -> tuple[SimpleNamespace, SimpleNamespace]:
     info = SimpleNamespace(name="gpt2", device="cpu", dtype="float32", load_format="dummy", memory_total=8e9,
-                           memory_used=5e8, pid=1)
+                           memory_used=5e8, pid=1, cuda_graphs=[])
     return SimpleNamespace(step_listeners=[], request_listeners=[], death_listeners=[]), info
 
 
@@ -173,7 +173,8 @@ def test_bind_sets_model_info_gauges_and_listeners(record):
     metrics.bind(engine, info, record_engine_stats=record)
     assert (engine.step_listeners, engine.request_listeners) == (([metrics.on_step], [metrics.on_request])
                                                                  if record else ([metrics.on_state], []))
-    assert value(metrics, "gpt2_model_info", model="gpt2", device="cpu", dtype="float32", load_format="dummy") == 1
+    assert value(metrics, "gpt2_model_info", model="gpt2", device="cpu", dtype="float32", load_format="dummy",
+                 cuda_graphs="off") == 1
     assert value(metrics, "gpt2_engine_up") == 1 and value(metrics, "gpt2_device_memory_total_bytes") == 8e9
     engine.step_listeners[0](StepStats("decode", 0.01, 3, 0, 3, [], num_running=3, num_waiting=2,
                                        kv_cache_usage=0.75, memory_used=1e9))

@@ -2,31 +2,26 @@
 
 import pytest
 
-from app.engine.scheduler import Scheduler
+from app.engine.scheduler import Scheduler, StepResult
 from app.engine.sequence import FinishReason, SamplingParams, Sequence, Status
 
 
-def seq(name: str, prompt_len: int, max_tokens: int = 4) -> Sequence:
+def seq(name: str, prompt_len: int, max_tokens: int = 64) -> Sequence:
     return Sequence(name, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens))
 
 
 def run_step(scheduler: Scheduler) -> list[tuple[str, int]]:
-    """Schedule, then pretend the model ran (as EngineCore does): advance prefill, append one token
-    to finished prompts, which then decode."""
+    """Schedule, then pretend the model ran and drew token 0 for every sampled row (as EngineCore
+    does): prefills advance, finished prompts start decoding."""
     out = scheduler.schedule()
-    for s in out.decodes:
-        s.num_computed += 1
-        s.output_token_ids.append(0)
-    for s, n in out.prefills:
-        s.num_computed += n
-        if not s.in_prefill:
-            s.output_token_ids.append(0)
-            scheduler.start_decoding(s)
-    return [(s.request_id, 1) for s in out.decodes] + [(s.request_id, n) for s, n in out.prefills]
+    scheduled = [(s.request_id, 1) for s in out.decodes] + [(s.request_id, n) for s, n in out.prefills]
+    sampled = len(out.decodes) + sum(s.num_computed + n >= s.num_prompt_tokens for s, n in out.prefills)
+    scheduler.update(out, StepResult(tokens=[0] * sampled))
+    return scheduled
 
 
 def test_admission_is_first_come_first_served_within_slots():
-    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=100)
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=100, max_model_len=1024)
     for name in "abc":
         sched.add(seq(name, 5))
     assert run_step(sched) == [("a", 5), ("b", 5)]  # c waits: two slots
@@ -36,7 +31,7 @@ def test_admission_is_first_come_first_served_within_slots():
 
 
 def test_token_budget_chunks_long_prompts_and_decodes_come_first():
-    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=8)
+    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=8, max_model_len=1024)
     sched.add(seq("short", 3))
     assert run_step(sched) == [("short", 3)]
     sched.add(seq("long", 20))
@@ -48,7 +43,7 @@ def test_token_budget_chunks_long_prompts_and_decodes_come_first():
 
 
 def test_partial_prefills_keep_priority_over_newcomers():
-    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=10)
+    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=10, max_model_len=1024)
     sched.add(seq("first", 15))
     sched.add(seq("second", 4))
     assert run_step(sched) == [("first", 10)]
@@ -56,7 +51,7 @@ def test_partial_prefills_keep_priority_over_newcomers():
 
 
 def test_finish_and_abort_free_slots_for_waiting_sequences():
-    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16)
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_model_len=1024)
     a, b = seq("a", 2), seq("b", 2)
     sched.add(a)
     sched.add(b)
@@ -71,7 +66,7 @@ def test_finish_and_abort_free_slots_for_waiting_sequences():
 
 
 def test_aborting_a_waiting_sequence_removes_it_from_the_queue():
-    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16)
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_model_len=1024)
     sched.add(seq("a", 2))
     sched.add(seq("b", 2))
     sched.finish(sched.find("b"), FinishReason.ABORT)
@@ -79,14 +74,14 @@ def test_aborting_a_waiting_sequence_removes_it_from_the_queue():
 
 
 def test_a_duplicate_request_id_is_refused():
-    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16)
+    sched = Scheduler(max_batch_size=1, max_num_batched_tokens=16, max_model_len=1024)
     sched.add(seq("a", 1))
     with pytest.raises(ValueError, match="already"):
         sched.add(seq("a", 1))
 
 
 def test_the_decode_list_and_its_version_change_only_when_sequences_join_or_leave():
-    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=30)
+    sched = Scheduler(max_batch_size=4, max_num_batched_tokens=30, max_model_len=1024)
     for name in "ab":
         sched.add(seq(name, 2))
     run_step(sched)
@@ -101,8 +96,8 @@ def test_the_decode_list_and_its_version_change_only_when_sequences_join_or_leav
     assert [s.request_id for s in first.decodes] == ["a", "b"]  # a list handed out never changes under its reader
 
 
-def test_lowest_free_slot_is_reused_first():
-    sched = Scheduler(max_batch_size=3, max_num_batched_tokens=30)
+def test_without_prefix_caching_the_lowest_free_slot_is_reused_first():
+    sched = Scheduler(max_batch_size=3, max_num_batched_tokens=30, max_model_len=1024, prefix_caching=False)
     seqs = [seq(n, 2) for n in "abc"]
     for s in seqs:
         sched.add(s)
@@ -116,7 +111,7 @@ def test_lowest_free_slot_is_reused_first():
 
 
 def test_phase_labels():
-    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=16)
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=16, max_model_len=1024)
     sched.add(seq("a", 2))
     assert sched.schedule().phase == "prefill"
     run_step(sched)
@@ -127,4 +122,4 @@ def test_phase_labels():
 
 def test_budget_smaller_than_batch_is_refused():
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
-        Scheduler(max_batch_size=8, max_num_batched_tokens=4)
+        Scheduler(max_batch_size=8, max_num_batched_tokens=4, max_model_len=1024)
