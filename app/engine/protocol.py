@@ -21,6 +21,8 @@ class EngineRequest(msgspec.Struct, array_like=True):
     prompt_token_ids: list[int]
     params: SamplingParams
     arrival_time: float  # time.monotonic() when the API received it
+    tenant: str = ""  # who it is for ("key:3", "addr:10.0.0.7"; never a secret): the fair queue's groups
+    weight: float = 1.0  # the tenant's weight in the fair queue
 
 
 class AddRequests(msgspec.Struct, tag="add", array_like=True):

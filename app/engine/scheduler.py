@@ -1,8 +1,9 @@
 """Who runs in the next step: pure bookkeeping, no tensors.
 
 Iteration-level batching: every step, running sequences that are decoding get one token each;
-what is left of the step's token budget goes to prefill, in arrival order, first to sequences
-already part-way through their prompt, then to waiting ones as cache slots allow. A long prompt
+what is left of the step's token budget goes to prefill, first to sequences already part-way
+through their prompt, then to waiting ones as cache slots allow, in the waiting queue's weighted
+fair order between tenants (fair_queue.py; first come, first served within a tenant). A long prompt
 is thus prefilled in chunks between decode steps, and decodes are never starved.
 
 The decoding sequences are kept as a list that changes only when one joins or leaves, with a
@@ -10,9 +11,9 @@ version number, so that the runner rebuilds its view of the batch only then.
 """
 
 import heapq
-from collections import deque
 from dataclasses import dataclass, field
 
+from app.engine.fair_queue import FairQueue
 from app.engine.sequence import FinishReason, Sequence, Status
 
 
@@ -45,7 +46,7 @@ class Scheduler:
                              "so that every running sequence can decode in each step")
         self.max_batch_size = max_batch_size
         self.max_num_batched_tokens = max_num_batched_tokens
-        self.waiting: deque[Sequence] = deque()
+        self.waiting = FairQueue()  # shared fairly between tenants (API keys or client addresses)
         self.prefilling: list[Sequence] = []  # in admission order
         self.decoding: list[Sequence] = []
         self.decode_version = 0

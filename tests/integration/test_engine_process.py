@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.engine.protocol import Fault
-from tests.integration.conftest import free_port, spawn, start_server, wait_for, wait_ready
+from tests.integration.conftest import engine_pid, free_port, spawn, start_server, wait_for, wait_ready
 
 
 def stream_events(url: str, body: dict, first: threading.Event, out: list) -> None:
@@ -73,29 +73,13 @@ def test_the_server_process_exits_non_zero_when_its_engine_dies(tiny_model_dir):
     proc = spawn({"GPT2_MODEL": tiny_model_dir, "GPT2_PORT": str(port), "GPT2_LOG_FORMAT": "text"})
     try:
         wait_ready(url, proc)
-        os.kill(_engine_pid(proc.pid), signal.SIGKILL)
+        os.kill(engine_pid(proc.pid), signal.SIGKILL)
         assert proc.wait(30) == 1
         assert "the engine process died" in proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _engine_pid(server_pid: int) -> int:
-    """The engine: the child of the server process that multiprocessing spawned."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read()
-            except OSError:
-                continue
-            if ppid == server_pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                return int(entry)
-    raise AssertionError("no engine process")
 
 
 def test_two_api_processes_share_one_engine_and_drain_on_sigterm(tiny_model_dir):

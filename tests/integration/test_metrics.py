@@ -16,6 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.api.auth import Callers
+from app.config import Settings
 from app.engine.protocol import Fault
 from tests.integration.conftest import start_server, wait_for
 
@@ -170,11 +172,11 @@ def test_rejections_by_reason(server):
     assert http.post("/v1/completions", json={"prompt": "x", "max_tokens": 100000}).status_code == 400
     chunked = http.post("/v1/completions", content=iter([b"x" * (state.settings.max_request_bytes + 1)]))
     assert chunked.status_code == 413
-    state.settings.api_keys = ["secret"]
+    callers, state.callers = state.callers, Callers(Settings(api_keys="secret"))
     try:
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 401
     finally:
-        state.settings.api_keys = []
+        state.callers = callers
     engine = server.engine
     engine.capacity, capacity = 0, engine.capacity  # every request finds the engine full
     try:
