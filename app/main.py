@@ -84,7 +84,7 @@ def install_guarded_docs(app: FastAPI, dependencies: list) -> None:
 async def lifespan(app: FastAPI):
     state: AppState = app.state.gpt2
     handle, loading = app.state.engine_handle, None
-    await asyncio.to_thread(state.parser.start)  # its process, before the first large body
+    state.parser.start()  # its process, before the first large body
     if handle is None:  # load in the background: /healthz answers while the model loads
         loading = asyncio.create_task(load_service(state, None))
     else:  # one API process of several: the engine is up and connecting takes a second; accept
@@ -98,7 +98,7 @@ async def lifespan(app: FastAPI):
                 await loading
         if state.service is not None:
             await state.service.engine.shutdown()
-        state.parser.stop()
+        await asyncio.to_thread(state.parser.stop)
 
 
 async def load_service(state: AppState, handle: EngineHandle | None) -> None:

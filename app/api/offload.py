@@ -22,13 +22,12 @@ from fastapi.routing import APIRoute
 from app.api.auth import require_key
 from app.api.errors import APIError
 from app.api.limits import Limits, refuse
-from app.api.parsing import BodyLimits, Invalid, Refused, parse_body
+from app.api.parsing import SMALL_BODY_BYTES, BodyLimits, Invalid, Refused, parse_body
 from app.model.tokenizer import Tokenizer
 
 INLINE_CHARS = 2048  # ~0.5 ms of tokenizing
 INLINE_TOKENS = 4096  # ~1 ms of detokenizing
 INLINE_ENTRIES = 4096  # per-token entries in a response
-INLINE_BODY_BYTES = 65536  # ~0.5 ms of JSON parsing and validating
 LARGE_BODY_PLACES = 8  # large bodies read and parsed at once per API process (memory: 8 x GPT2_MAX_REQUEST_BYTES)
 
 
@@ -149,7 +148,7 @@ class OffloadRoute(APIRoute):
                 return await handler(request)
             parser: BodyParser = request.app.state.gpt2.parser
             length = request.headers.get("content-length", "")
-            large = not length.isdigit() or int(length) > INLINE_BODY_BYTES
+            large = not length.isdigit() or int(length) > SMALL_BODY_BYTES
             async with parser.place(large):
                 body = await request.body()
                 request._json = parser.result(await parser.parse(model, body, request.app.state.gpt2.limits))
@@ -168,12 +167,13 @@ class BodyParser:
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
-        """Start the worker process now, not under the first large body."""
-        self._executor().submit(int).result()
+        """Start the worker process now (it imports in the background), not under the first large body."""
+        self._executor().submit(int)
 
     def stop(self) -> None:
+        """Stop the worker process (waits for it: at most the body it is parsing)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     @contextlib.asynccontextmanager
@@ -190,7 +190,7 @@ class BodyParser:
 
     async def parse(self, model: type, body: bytes, limits: Limits):
         body_limits = BodyLimits(limits.max_inputs, limits.max_input_chars, limits.max_request_tokens)
-        if len(body) <= INLINE_BODY_BYTES:
+        if len(body) <= SMALL_BODY_BYTES:
             return parse_body(model, body, body_limits)
         loop = asyncio.get_running_loop()
         try:

@@ -63,7 +63,7 @@ def test_a_missing_model_fails_start_up_at_once(tmp_path):
         assert proc.wait(60) == 1
         output = proc.stdout.read()
         assert "GPT2_MODEL" in output and "GPT2_LOAD_FORMAT=dummy" in output
-        assert time.monotonic() - start < 60
+        assert time.monotonic() - start < 20  # at once: a process start and a failed lookup, not a timeout
     finally:
         if proc.poll() is None:
             proc.kill()

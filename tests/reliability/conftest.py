@@ -23,7 +23,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Prober:
-    """Hits a URL every `interval` seconds from a thread of its own and keeps the latencies."""
+    """Hits a URL every `interval` seconds from a thread of its own and keeps the latencies (a p99
+    needs a few hundred: check summary()["n"])."""
 
     def __init__(self, url: str, interval: float = 0.02):
         self.url, self.interval = url, interval
