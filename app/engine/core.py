@@ -80,7 +80,7 @@ class EngineCore:
             seq.scheduled_time = seq.scheduled_time or start
         try:
             if self.fault is not None:
-                self.fault.strike()
+                self.fault.strike(batch.num_tokens)
             result = self.runner.execute(batch)
         except Exception as exc:  # one bad step fails its own sequences, not the engine
             log.exception("engine step failed; failing its %d sequences", len(batch.decodes) + len(batch.prefills))
@@ -189,7 +189,7 @@ class CoreServer:
         # the socket belongs to this loop except while a step runs: then heartbeats may use it
         self._lock = threading.Lock()
         self._speed = StepSpeed()
-        Heartbeat(lambda: self.core.running_step, self._speed, self._lock, lambda: self._send([], None)).start()
+        Heartbeat(lambda: self.core.running_step, self._speed, self._lock, self._heartbeat).start()
 
     def run(self) -> None:
         """Serve until the process that started this one is gone."""
@@ -222,6 +222,13 @@ class CoreServer:
         if stats is not None:
             self._speed.measured(stats)
         return outputs, stats
+
+    def _heartbeat(self) -> None:
+        """"Still working on yours", to every client with work here (from the heartbeat thread)."""
+        now = time.monotonic()
+        for identity in set(self.owners.values()):
+            self.socket.send_multipart([identity, self._encode(EngineOutputs())])
+            self.last_sent[identity] = now
 
     def _receive(self, timeout_ms: int) -> None:
         if not self.socket.poll(timeout_ms):

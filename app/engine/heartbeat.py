@@ -22,7 +22,7 @@ from app.engine.stats import StepStats
 HANG_FACTOR = 10.0
 FIRST_STEP_VOUCH = 300.0  # seconds a step may run before any step was measured (e.g. a first huge prefill)
 DECAY = 0.99  # per step: the seconds-per-token estimate follows the slowest recent steps, forgetting slowly
-BEAT_INTERVAL = 0.5  # seconds between checks (clients hear at most once per core.HEARTBEAT_INTERVAL)
+BEAT_INTERVAL = 0.5  # seconds between heartbeats while a step runs
 
 
 class StepSpeed:

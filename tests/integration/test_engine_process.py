@@ -128,3 +128,25 @@ def _parent(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return -1
+
+
+def test_a_long_step_is_not_taken_for_a_hang_but_a_hang_still_is(tiny_model_dir):
+    """A slow model (every token of a step costs 6 ms): a 500-token prefill step runs ~3 s, three times
+    GPT2_STEP_TIMEOUT, and is vouched for by the engine's heartbeats because small steps showed its
+    speed; a small step that hangs is not, and is detected after about GPT2_STEP_TIMEOUT."""
+    server = start_server(model=tiny_model_dir, step_timeout=1.0, max_num_batched_tokens=512)
+    try:
+        server.engine.inject(Fault(token_delay=0.006))
+        http = server.http()
+        assert http.post("/v1/completions", json={"prompt": "x", "max_tokens": 8}).status_code == 200
+        start = time.monotonic()
+        long = http.post("/v1/completions", json={"prompt": [5] * 500, "max_tokens": 2})
+        assert long.status_code == 200 and server.engine.is_alive, long.text
+        assert time.monotonic() - start > 2.5  # it was one long step indeed
+        server.engine.inject(Fault(hang=60))
+        start = time.monotonic()
+        hung = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 8})
+        assert hung.status_code == 503 and hung.json()["error"]["code"] == "engine_dead"
+        assert time.monotonic() - start < 1.0 + 2.0, "the hang was vouched for too long"
+    finally:
+        server.stop()

@@ -1,0 +1,274 @@
+"""The attacks of issue 19, and how their harm is measured: used by tests/reliability/test_attacks.py
+(bounds asserted) and bench/attacks.py (the figures, against any checkout: before/after).
+
+Each attack runs for a while against a real server (`gpt2-serve serve` in a process of its own);
+meanwhile a prober hits /healthz every 10 ms, a client sends a normal request again and again, and a
+sampler reads the resident memory of every process of the server. `measure()` reports:
+
+- answers: how many, their statuses, the slowest (seconds), the largest body (bytes);
+- healthz: probes, p50/p99/max (ms); normal: the median request time quiet and during the attack;
+- rss_growth_mb: the largest growth of the server's processes' summed RSS over its value before.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from tests.integration.conftest import descendants
+from tests.reliability.conftest import Prober, percentile, rss
+
+NORMAL = {"prompt": "Hello there", "max_tokens": 4, "temperature": 0}
+LIMIT_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class Answers:
+    """What the attacking clients got back."""
+
+    statuses: list = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    bodies: list[str] = field(default_factory=list)  # the first few, for the report
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, status, seconds: float, body: bytes) -> None:
+        with self.lock:
+            self.statuses.append(status)
+            self.seconds.append(seconds)
+            self.sizes.append(len(body))
+            if len(self.bodies) < 3:
+                self.bodies.append(body[:300].decode("utf-8", "replace"))
+
+
+def server_rss(pid: int) -> int:
+    """Resident memory of the server and every process under it (engine, API processes, parsers)."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):  # (a process that just ended)
+            total += rss(p)
+    return total
+
+
+def measure(url: str, pid: int, attack: Callable[[Answers, float], None], seconds: float,
+            clients: int = 1, probe_every: float = 0.01, headers: dict | None = None) -> dict:
+    """Run `attack(answers, deadline)` in `clients` threads for about `seconds`, and measure (the
+    normal requests carry `headers`)."""
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
+        http.post("/v1/completions", json=NORMAL)
+        quiet = [timed(lambda: http.post("/v1/completions", json=NORMAL))[1] for _ in range(10)]
+    before = server_rss(pid)
+    peak, during, answers, stop = [before], [], Answers(), threading.Event()
+
+    def sample_memory() -> None:
+        while not stop.wait(0.1):
+            peak.append(server_rss(pid))
+
+    def normal_requests() -> None:
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
+            while not stop.is_set():
+                response, took = timed(lambda: http.post("/v1/completions", json=NORMAL))
+                during.append((response.status_code, took))
+                stop.wait(0.05)
+
+    helpers = [threading.Thread(target=sample_memory), threading.Thread(target=normal_requests)]
+    with Prober(f"{url}/healthz", probe_every) as prober:
+        for t in helpers:
+            t.start()
+        deadline = time.monotonic() + seconds
+        attackers = [threading.Thread(target=attack, args=(answers, deadline)) for _ in range(clients)]
+        for t in attackers:
+            t.start()
+        for t in attackers:
+            t.join(seconds + 120)
+        stop.set()
+    for t in helpers:
+        t.join(60)
+    normal = [took for status, took in during if status == 200]
+    return {"answers": len(answers.statuses), "statuses": sorted(set(map(str, answers.statuses))),
+            "slowest_s": round(max(answers.seconds, default=float("nan")), 3),
+            "largest_body_bytes": max(answers.sizes, default=0), "examples": answers.bodies[:2],
+            "healthz": {k: round(v, 1) for k, v in prober.summary().items()},
+            "normal_quiet_ms": round(statistics.median(quiet) * 1e3, 1),
+            "normal_during_ms": round(statistics.median(normal) * 1e3, 1) if normal else None,
+            "normal_during_n": len(normal), "normal_failed": len(during) - len(normal),
+            "normal_ratio": round(statistics.median(normal) / statistics.median(quiet), 2) if normal else None,
+            "rss_before_mb": round(before / 2**20, 1), "rss_growth_mb": round((max(peak) - before) / 2**20, 1)}
+
+
+def timed(call):
+    start = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - start
+
+
+def post_raw(url: str, path: str, body: bytes, headers: list | None = None, timeout: float = 120):
+    """POST bytes; returns (status or the exception's name, seconds, response body)."""
+    start = time.perf_counter()
+    try:
+        with httpx.Client(base_url=url, timeout=timeout) as http:
+            response = http.post(path, content=body, headers=[("Content-Type", "application/json"),
+                                                               *(headers or [])])
+        return response.status_code, time.perf_counter() - start, response.content
+    except httpx.HTTPError as exc:
+        return type(exc).__name__, time.perf_counter() - start, b""
+
+
+def repeat(url: str, path: str, body: bytes, headers: list | None = None, stream: bool = False):
+    """An attack: POST this body again and again until the deadline."""
+
+    def attack(answers: Answers, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            answers.add(*post_raw(url, path, body, headers))
+
+    return attack
+
+
+def ids_body(n: int, value: str = "-1", key: str = "prompt") -> bytes:
+    """{"prompt": [value, value, ...]} with n values, built as bytes (no client-side cost per request)."""
+    return b'{"%s": [' % key.encode() + b",".join([value.encode()] * n) + b"]}"
+
+
+def valid_ids_body(target_bytes: int = LIMIT_BYTES - 1024) -> bytes:
+    """A prompt of valid token ids (5 digits each) filling the body up to the size limit."""
+    n = (target_bytes - 20) // 6
+    return b'{"prompt": [' + b",".join(b"%05d" % (i % 50000) for i in range(n)) + b"]}"
+
+
+def huge_logit_bias_key(digits: int = 4301, stream: bool = False) -> bytes:
+    return json.dumps({"prompt": "x", "max_tokens": 2, "stream": stream, "logit_bias": {"9" * digits: 1}}).encode()
+
+
+def rare_text(chars: int = 524_288) -> bytes:
+    """/tokenize of characters that each take several GPT-2 tokens."""
+    return json.dumps({"prompt": "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(chars))},
+                      ensure_ascii=False).encode()
+
+
+def drip(url: str, every: float, headers_only: bool = False):
+    """An attack: a client that sends its request body (or already its headers) one byte every
+    `every` seconds; what it gets: the server's answer, or "closed"."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n")
+
+    def attack(answers: Answers, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            start, answer = time.perf_counter(), b""
+            with socket.create_connection((host, int(port)), timeout=60) as sock:
+                if not headers_only:
+                    sock.sendall(head)
+                pending = iter(head if headers_only else b"{" * 100)
+                sock.settimeout(every)
+                while time.perf_counter() - start < 60 and b"\r\n\r\n" not in answer:
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:  # nothing from the server yet: one more byte
+                        byte = next(pending, None)
+                        if byte is None:
+                            break
+                        try:
+                            sock.sendall(bytes([byte]))
+                        except OSError:
+                            break
+                        continue
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    answer += chunk
+            status = int(answer.split()[1]) if answer.startswith(b"HTTP/1.1 ") else "closed"
+            answers.add(status, time.perf_counter() - start, answer)
+
+    return attack
+
+
+def read_stream(url: str, body: dict, headers: dict | None = None, first: threading.Event | None = None) -> dict:
+    """Read a completion stream; its status, events and when it ended (time.monotonic)."""
+    events, status = [], None
+    try:
+        with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, headers=headers,
+                          timeout=60) as response:
+            status = response.status_code
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if first is not None:
+                        first.set()
+    except httpx.HTTPError as exc:  # the connection was cut (an API process killed under it)
+        events.append(f"cut: {type(exc).__name__}")
+    return {"status": status, "events": events, "ended": time.monotonic()}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One attack: its name, what the server answers, how many clients, for how long."""
+
+    name: str
+    build: Callable[[str], Callable[[Answers, float], None]]  # url -> attack
+    expect: tuple  # the statuses each answer may have
+    clients: int = 1
+    seconds: float = 5.0
+    keyed: bool = False  # against the server with API keys (and GPT2_KEY_CONCURRENCY=1)
+
+
+TWO_KEYS = [("Authorization", "Bearer alpha"), ("Authorization", "Bearer beta")]
+CASES = [
+    Case("3 x 4 MB bodies of -1 token ids at once",
+         lambda url: repeat(url, "/v1/completions", ids_body((LIMIT_BYTES - 64) // 3)), (400,), clients=3),
+    Case("6 clients looping on valid 4 MB token-id lists",
+         lambda url: repeat(url, "/v1/completions", valid_ids_body()), (400,), clients=6, seconds=8),
+    Case("logit_bias key of 4301 digits (stream or not)",
+         lambda url: alternate(repeat(url, "/v1/completions", huge_logit_bias_key()),
+                               repeat(url, "/v1/completions", huge_logit_bias_key(stream=True))), (400,), clients=2),
+    Case("4 x /tokenize of 512k rare characters", lambda url: repeat(url, "/tokenize", rare_text()), (400,),
+         clients=4),
+    Case("a body dripped one byte every 0.5 s (GPT2_READ_TIMEOUT=2)", lambda url: drip(url, 0.5), (408,), clients=2),
+    Case("headers dripped one byte every 0.5 s (GPT2_READ_TIMEOUT=2)", lambda url: drip(url, 0.5, headers_only=True),
+         ("closed",), clients=2),
+    Case("4 requests with two Authorization headers (GPT2_KEY_CONCURRENCY=1)",
+         lambda url: repeat(url, "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 200,
+                                                                "ignore_eos": True}).encode(), TWO_KEYS), (400,),
+         clients=4, keyed=True),
+    Case("3 x 4 MB bodies without a key (GPT2_API_KEYS set)",
+         lambda url: repeat(url, "/v1/completions", ids_body((LIMIT_BYTES - 64) // 3)), (401,), clients=3,
+         keyed=True),
+]
+SERVER = {"GPT2_READ_TIMEOUT": "2", "GPT2_MAX_BATCH_SIZE": "16", "GPT2_MAX_NUM_BATCHED_TOKENS": "512"}
+KEYED_SERVER = {**SERVER, "GPT2_API_KEYS": "alpha,beta", "GPT2_KEY_CONCURRENCY": "1"}
+NORMAL_KEY = {"Authorization": "Bearer beta"}  # the normal requests' key on the keyed server
+
+
+def alternate(*attacks):
+    """An attack made of these, in turn."""
+    turn = iter(range(1 << 30))
+
+    def attack(answers: Answers, deadline: float) -> None:
+        attacks[next(turn) % len(attacks)](answers, deadline)
+
+    return attack
+
+
+def run_server(env: dict, pythonpath: str | None = None):
+    """`gpt2-serve serve` with these GPT2_* settings (and this code, when given); (process, url)."""
+    from tests.integration.conftest import free_port, spawn, wait_ready
+
+    port = free_port()
+    extra = {"GPT2_PORT": str(port), "GPT2_LOG_FORMAT": "text", "GPT2_LOG_LEVEL": "WARNING", **env}
+    if pythonpath:
+        extra["PYTHONPATH"] = pythonpath + os.pathsep + os.environ.get("PYTHONPATH", "")
+    proc = spawn(extra)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc, timeout=120)
+    return proc, url
+
+
+def p99(values: list[float]) -> float:
+    return percentile(values, 0.99)
