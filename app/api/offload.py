@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import re
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import orjson
@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from app.api.auth import require_key
 from app.api.errors import APIError
 from app.api.limits import Limits, refuse
-from app.api.parsing import SMALL_BODY_BYTES, BodyLimits, Invalid, Refused, parse_body
+from app.api.parsing import SMALL_BODY_BYTES, BodyLimits, Invalid, Refused, die_with_parent, parse_body
 from app.model.tokenizer import Tokenizer
 
 INLINE_CHARS = 2048  # ~0.5 ms of tokenizing
@@ -41,17 +41,19 @@ class TooManyTokens(Exception):
 
 async def encode_texts(tokenizer: Tokenizer, texts: list[str], budget: int | None = None) -> list[list[int]]:
     """Token ids of each text; TooManyTokens as soon as they are certainly more than `budget` in all
-    (a long text is tokenized in pieces, in a thread: the Rust tokenizer releases the GIL)."""
+    (long texts are tokenized in pieces, in a thread of their own: the Rust tokenizer releases the GIL)."""
     if sum(map(len, texts)) <= INLINE_CHARS:
         encoded = [tokenizer.encode(t) for t in texts]
         if budget is not None and sum(map(len, encoded)) > budget:
             raise TooManyTokens(sum(map(len, encoded)))
         return encoded
-    return await asyncio.to_thread(encode_within, tokenizer, texts, budget)
+    return await asyncio.get_running_loop().run_in_executor(TOKENIZING, encode_within, tokenizer, texts, budget)
 
 
-PIECE_CHARS = 16384  # one piece of a long text (~5 ms of tokenizing)
-PIECES_AT_ONCE = 8  # pieces tokenized in one call (the tokenizer spreads them over its threads)
+# Long texts are tokenized one at a time per API process, each on one core (a piece per call: the
+# Rust tokenizer would spread a batch over every core), so that others' requests keep a core.
+TOKENIZING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpt2-tokenize")
+PIECE_CHARS = 16384  # one piece of a long text (5-30 ms of tokenizing)
 CUT_SLACK = 8  # tokens a cut inside a word may add to the count (measured: at most 1)
 BOUNDARY = re.compile(r"(?s:.*)\S( )")  # the last space that follows a non-space
 
@@ -72,13 +74,12 @@ def encode_within(tokenizer: Tokenizer, texts: list[str], budget: int | None) ->
                 inexact.add(i)
     encoded: list[list[int]] = [[] for _ in texts]
     counted = 0
-    for start in range(0, len(pieces), PIECES_AT_ONCE):
-        batch = fast(pieces[start : start + PIECES_AT_ONCE], add_special_tokens=False)
-        counted += sum(len(e) for e in batch)
+    for piece, owner in zip(pieces, owners, strict=True):
+        (encoding,) = fast([piece], add_special_tokens=False)
+        counted += len(encoding)
         if budget is not None and counted > budget + CUT_SLACK * len(inexact):
             raise TooManyTokens(counted)
-        for owner, encoding in zip(owners[start : start + PIECES_AT_ONCE], batch, strict=True):
-            encoded[owner] += encoding.ids
+        encoded[owner] += encoding.ids
     for i in inexact:
         encoded[i] = tokenizer.encode(texts[i])
     if budget is not None and sum(map(len, encoded)) > budget:
@@ -211,5 +212,6 @@ class BodyParser:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=die_with_parent)
         return self._pool

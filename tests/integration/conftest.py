@@ -60,7 +60,7 @@ def spawn(env: dict[str, str]) -> subprocess.Popen:
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else f"exit code {proc.returncode}"
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return

@@ -15,6 +15,9 @@ import json
 import os
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -74,8 +77,8 @@ def measure(url: str, pid: int, attack: Callable[[Answers, float], None], second
     def normal_requests() -> None:
         with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
             while not stop.is_set():
-                response, took = timed(lambda: http.post("/v1/completions", json=NORMAL))
-                during.append((response.status_code, took))
+                status, took, _ = post_raw(http, "/v1/completions", json.dumps(NORMAL).encode())
+                during.append((status, took))
                 stop.wait(0.05)
 
     helpers = [threading.Thread(target=sample_memory), threading.Thread(target=normal_requests)]
@@ -109,24 +112,24 @@ def timed(call):
     return result, time.perf_counter() - start
 
 
-def post_raw(url: str, path: str, body: bytes, headers: list | None = None, timeout: float = 120):
+def post_raw(http: httpx.Client, path: str, body: bytes, headers: list | None = None):
     """POST bytes; returns (status or the exception's name, seconds, response body)."""
     start = time.perf_counter()
     try:
-        with httpx.Client(base_url=url, timeout=timeout) as http:
-            response = http.post(path, content=body, headers=[("Content-Type", "application/json"),
-                                                               *(headers or [])])
+        response = http.post(path, content=body, headers=[("Content-Type", "application/json"), *(headers or [])])
         return response.status_code, time.perf_counter() - start, response.content
     except httpx.HTTPError as exc:
         return type(exc).__name__, time.perf_counter() - start, b""
 
 
-def repeat(url: str, path: str, body: bytes, headers: list | None = None, stream: bool = False):
-    """An attack: POST this body again and again until the deadline."""
+def repeat(url: str, path: str, body: bytes, headers: list | None = None):
+    """An attack: POST this body again and again until the deadline (on one connection while the
+    server keeps it open: the attacking client itself should cost the shared CPU little)."""
 
     def attack(answers: Answers, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            answers.add(*post_raw(url, path, body, headers))
+        with httpx.Client(base_url=url, timeout=120) as http:
+            while time.monotonic() < deadline:
+                answers.add(*post_raw(http, path, body, headers))
 
     return attack
 
@@ -139,7 +142,7 @@ def ids_body(n: int, value: str = "-1", key: str = "prompt") -> bytes:
 def valid_ids_body(target_bytes: int = LIMIT_BYTES - 1024) -> bytes:
     """A prompt of valid token ids (5 digits each) filling the body up to the size limit."""
     n = (target_bytes - 20) // 6
-    return b'{"prompt": [' + b",".join(b"%05d" % (i % 50000) for i in range(n)) + b"]}"
+    return b'{"prompt": [' + b",".join(b"%d" % (10000 + i % 40000) for i in range(n)) + b"]}"
 
 
 def huge_logit_bias_key(digits: int = 4301, stream: bool = False) -> bytes:
@@ -217,6 +220,7 @@ class Case:
     clients: int = 1
     seconds: float = 5.0
     keyed: bool = False  # against the server with API keys (and GPT2_KEY_CONCURRENCY=1)
+    normal_ratio: float | None = 3.0  # the bound on a normal request's slowdown (None: not one of the issue's)
 
 
 TWO_KEYS = [("Authorization", "Bearer alpha"), ("Authorization", "Bearer beta")]
@@ -237,9 +241,12 @@ CASES = [
          lambda url: repeat(url, "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 200,
                                                                 "ignore_eos": True}).encode(), TWO_KEYS), (400,),
          clients=4, keyed=True),
+    # Not in the issue's table: auth comes before the body (no memory, no parsing: 401 at once). The
+    # three clients still push ~1 GB/s of body over loopback, which the kernel and the HTTP parser take
+    # in on these 2 shared cores: a normal request's slowdown measures that bandwidth, not our work.
     Case("3 x 4 MB bodies without a key (GPT2_API_KEYS set)",
          lambda url: repeat(url, "/v1/completions", ids_body((LIMIT_BYTES - 64) // 3)), (401,), clients=3,
-         keyed=True),
+         seconds=8, keyed=True, normal_ratio=None),
 ]
 SERVER = {"GPT2_READ_TIMEOUT": "2", "GPT2_MAX_BATCH_SIZE": "16", "GPT2_MAX_NUM_BATCHED_TOKENS": "512"}
 KEYED_SERVER = {**SERVER, "GPT2_API_KEYS": "alpha,beta", "GPT2_KEY_CONCURRENCY": "1"}
@@ -258,13 +265,15 @@ def alternate(*attacks):
 
 def run_server(env: dict, pythonpath: str | None = None):
     """`gpt2-serve serve` with these GPT2_* settings (and this code, when given); (process, url)."""
-    from tests.integration.conftest import free_port, spawn, wait_ready
+    from tests.integration.conftest import free_port, wait_ready
 
     port = free_port()
     extra = {"GPT2_PORT": str(port), "GPT2_LOG_FORMAT": "text", "GPT2_LOG_LEVEL": "WARNING", **env}
-    if pythonpath:
+    if pythonpath:  # (python -m puts the working directory first: run there)
         extra["PYTHONPATH"] = pythonpath + os.pathsep + os.environ.get("PYTHONPATH", "")
-    proc = spawn(extra)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server; a pipe nobody reads would fill)
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env={**os.environ, **extra},
+                            cwd=pythonpath, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout=120)
     return proc, url

@@ -37,5 +37,7 @@ def test_an_attack_is_answered_quickly_and_cheaply_and_hurts_nobody(servers, cas
     assert figures["answers"] >= case.clients and set(figures["statuses"]) <= set(map(str, case.expect)), figures
     assert figures["slowest_s"] < 3.0 and figures["largest_body_bytes"] < 4096, figures
     assert figures["rss_growth_mb"] < 300, figures
-    assert figures["healthz"]["n"] >= 200 and figures["healthz"]["p99_ms"] < 250, figures
-    assert figures["normal_failed"] == 0 and figures["normal_ratio"] <= 3.0, figures
+    assert figures["healthz"]["n"] >= 200 and figures["healthz"]["failed"] == 0, figures
+    assert figures["healthz"]["p99_ms"] < 250, figures
+    assert figures["normal_failed"] == 0, figures
+    assert case.normal_ratio is None or figures["normal_ratio"] <= case.normal_ratio, figures
