@@ -100,7 +100,7 @@ def test_a_chaos_soak_with_api_processes_killed_leaves_nothing_hanging(slow_mode
                 time.sleep(seconds / (kills + 1))
                 victim = random.Random(k).choice(api_processes(proc.pid))
                 os.kill(victim, signal.SIGKILL)
-                wait_for(lambda: len(api_processes(proc.pid)) == 2 and victim not in api_processes(proc.pid),
+                wait_for(lambda v=victim: len(api_processes(proc.pid)) == 2 and v not in api_processes(proc.pid),
                          timeout=30)  # replaced
             for t in threads:
                 t.join(120)
