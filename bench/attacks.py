@@ -2,12 +2,13 @@
 each answer's time and size, the server's memory (all its processes), /healthz latency over the
 attack, and a normal request's latency next to its quiet time.
 
-    python bench/attacks.py --model DIR [--code DIR] [--seconds S] [--only SUBSTRING] [--json OUT]
+    python bench/attacks.py --model DIR [--code DIR] [--seconds S] [--only SUBSTRING] [--flood] [--json OUT]
 
 --model: a GPT-2 directory (e.g. the tests' tiny model; `python bench/attacks.py --tiny` makes one).
 --code: run the server from this checkout instead (e.g. `git archive main | tar -x -C /tmp/main`):
 the same attacks and measurements, before and after, in one run. One fresh server per group of
-cases (with and without API keys).
+cases (with and without API keys). --flood: every client sends back to back (no pause between
+rounds): a request-rate flood, which cheap refusals on one event loop cannot absorb.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import tests.reliability.attacks as attacks  # noqa: E402
 from tests.reliability.attacks import (  # noqa: E402
     CASES,
     KEYED_SERVER,
@@ -36,8 +38,11 @@ def main() -> None:
     parser.add_argument("--code", help="checkout whose app/ the server runs (default: this one)")
     parser.add_argument("--seconds", type=float, help="each attack's duration (default: the case's)")
     parser.add_argument("--only", help="run the cases whose name holds this")
+    parser.add_argument("--flood", action="store_true", help="no pause between a client's requests")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    if args.flood:
+        attacks.ROUND = 0.0
     model = args.model
     if args.tiny:
         model = make_tiny(Path(tempfile.mkdtemp(prefix="gpt2-tiny-")))

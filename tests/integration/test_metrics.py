@@ -38,8 +38,9 @@ CONTRACT = {
     "process_cpu_seconds": "counter", "process_resident_memory_bytes": "gauge", "python_info": "gauge",
     "python_gc_collections": "counter",
 }
+# key_class: the classes GPT2_API_KEYS names, "default" and "anonymous" (never a key, never an address)
 BOUNDED_LABELS = {"endpoint", "status", "reason", "phase", "le", "model", "device", "dtype", "load_format",
-                  "generation", "implementation", "major", "minor", "patchlevel", "version"}
+                  "generation", "implementation", "major", "minor", "patchlevel", "version", "key_class"}
 
 
 class Scrape:
@@ -97,6 +98,7 @@ def test_labels_stay_bounded(server):
     s = scrape(server)
     for (name, labels), _ in s.values.items():
         assert {k for k, _ in labels} <= BOUNDED_LABELS, name
+        assert dict(labels).get("key_class", "anonymous") in ("anonymous", "default"), labels  # this server's
         assert "unique-1" not in dict(labels).values()
         assert "with-an-id" not in str(dict(labels).get("endpoint", ""))
     assert s("gpt2_requests_total", endpoint="other", status="404") >= 1

@@ -201,7 +201,9 @@ def test_connections_beyond_the_limit_are_refused(tiny_model_dir):
                 lines = stream.__enter__().iter_lines()  # keep it: a dropped iterator closes the response
                 next(lines)
                 held.append((client, stream, lines))
-            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 503
+            over = httpx.get(f"{url}/healthz", timeout=10)  # an OpenAI-shaped 503, and the connection closed
+            assert over.status_code == 503 and over.json()["error"]["code"] == "too_many_connections"
+            assert over.headers["connection"] == "close" and over.headers["retry-after"] == "1"
         finally:
             for client, stream, _ in held:
                 stream.__exit__(None, None, None)
