@@ -2,8 +2,10 @@
 few milliseconds and sends a normal request again and again, so that its timings are the server's,
 not those of a client process whose attacking threads hold the GIL. Imports nothing but httpx.
 
-Protocol over a multiprocessing queue pair: it puts ("quiet", ms) once it has measured the normal
-request alone, runs until it gets "stop", then puts ("done", report)."""
+Protocol over a multiprocessing queue pair: it puts ("quiet", seconds) once it has measured the
+normal request alone, runs until it gets "stop", measures the normal request alone again, then
+puts ("done", report). The quiet time is the median over both quiet spells, so that the machine's
+load drifting (it is shared) does not pass for harm done by the attack."""
 
 import statistics
 import threading
@@ -13,13 +15,7 @@ import httpx
 
 
 def observe(url: str, headers: dict | None, normal: dict, probe_every: float, commands, results) -> None:
-    with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
-        http.post("/v1/completions", json=normal)
-        quiet = []
-        for _ in range(20):
-            start = time.perf_counter()
-            http.post("/v1/completions", json=normal)
-            quiet.append(time.perf_counter() - start)
+    quiet = alone(url, headers, normal)
     results.put(("quiet", statistics.median(quiet)))
     stop = threading.Event()
     probes: list[tuple[object, float]] = []
@@ -44,7 +40,16 @@ def observe(url: str, headers: dict | None, normal: dict, probe_every: float, co
     stop.set()
     for t in threads:
         t.join(60)
+    time.sleep(0.5)  # (answers to the last attacking requests may still be on their way)
+    quiet += alone(url, headers, normal)
     results.put(("done", {"quiet": statistics.median(quiet), "probes": probes, "normals": normals}))
+
+
+def alone(url: str, headers: dict | None, normal: dict, count: int = 20) -> list[float]:
+    """Seconds each of `count` normal requests takes, one after the other."""
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
+        http.post("/v1/completions", json=normal)
+        return [timed(lambda: http.post("/v1/completions", json=normal))[1] for _ in range(count)]
 
 
 def timed(call) -> tuple[object, float]:

@@ -1,5 +1,5 @@
 """Issue 19's attacks (tests/reliability/attacks.py), each against a real server while /healthz is
-probed every 10 ms and a normal request is sent again and again.
+probed every 5 ms and a normal request is sent again and again (from a process of their own).
 
 Bounds, as the issue names them (generous for these small shared machines): every answer within
 3 s, with a status saying what was wrong, in a small body (< 4 KB); the server's memory, all its

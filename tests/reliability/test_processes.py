@@ -106,11 +106,11 @@ def test_a_chaos_soak_with_api_processes_killed_leaves_nothing_hanging(slow_mode
                 t.join(120)
             assert not any(t.is_alive() for t in threads), "a client was left hanging"
 
-        run(8, kills=0)  # warm-up: the engine's memory reaches its working size
+        run(6, kills=0)  # warm-up: the engine's memory reaches its working size
         engine = engine_pid(proc.pid)
         before = resting_rss(engine)
         outcomes.clear()
-        run(24, kills=2)
+        run(16, kills=2)
         assert set(outcomes) <= {"200", "400", "429", "499", "cut", "engine_error", "timeout"}, outcomes
         assert outcomes.get("200", 0) > sum(outcomes.values()) / 2, outcomes
         assert proc.poll() is None and engine_pid(proc.pid) == engine  # the engine and the server lived on
