@@ -3,9 +3,9 @@ side by side (this checkout and another one, e.g. main), alternating in rounds, 
 
     python bench/front_door.py --model DIR --other /tmp/main [--rounds 5] [--requests 40]
 
-Kinds: a 1-token completion (small body, parsed in the API process), and /v1/score of 20,000 token
-ids (~120 KB: a large body, parsed in the body-parser process on this branch), with and without
-API keys checked. Ratios are this checkout / the other.
+Kinds: a 1-token completion (a small body, parsed in the API process), and /detokenize of 20,000
+token ids (~120 KB: a large body, parsed in the body-parser process on this branch); API keys set.
+Ratios are this checkout / the other, overall and per round (the order alternates by round).
 """
 
 import argparse
@@ -24,9 +24,8 @@ from tests.reliability.attacks import run_server  # noqa: E402
 
 KINDS = {
     "completion, 1 token": ("/v1/completions", {"prompt": "Hello there", "max_tokens": 1, "temperature": 0}),
-    "score, 20k token ids (~120 KB body)": ("/v1/score", {"input": [(i * 7919) % 50000 for i in range(20000)],
-                                                         "window": "sliding", "detect": False,
-                                                         "return_tokens": False}),
+    "/detokenize of 20k token ids (~120 KB body)": ("/detokenize", {"tokens": [(i * 7919) % 50000
+                                                                          for i in range(20000)]}),
 }
 
 
@@ -41,8 +40,9 @@ def main() -> None:
     servers = {"this": run_server(env), "other": run_server(env, args.other)}
     times: dict = {(name, kind): [] for name in servers for kind in KINDS}
     try:
-        for _ in range(args.rounds):
-            for name, (_, url) in servers.items():
+        for round_ in range(args.rounds):
+            for name in (("this", "other") if round_ % 2 == 0 else ("other", "this")):  # (order alternates)
+                url = servers[name][1]
                 with httpx.Client(base_url=url, timeout=120, headers={"Authorization": "Bearer k2"}) as http:
                     for kind, (path, body) in KINDS.items():
                         content = json.dumps(body).encode()
@@ -57,7 +57,11 @@ def main() -> None:
             proc.wait(60)
     for kind in KINDS:
         this, other = (statistics.median(times[name, kind]) * 1e3 for name in ("this", "other"))
-        print(f"{kind}: median {this:.2f} ms (this) vs {other:.2f} ms (other): x{this / other:.2f}")
+        n = args.requests
+        rounds = [statistics.median(times["this", kind][i * n:(i + 1) * n]) / statistics.median(
+            times["other", kind][i * n:(i + 1) * n]) for i in range(args.rounds)]
+        print(f"{kind}: median {this:.2f} ms (this) vs {other:.2f} ms (other): x{this / other:.2f} "
+              f"(per round: {', '.join(f'x{r:.2f}' for r in rounds)})")
 
 
 if __name__ == "__main__":
