@@ -1,13 +1,15 @@
 """The attacks of issue 19, and how their harm is measured: used by tests/reliability/test_attacks.py
 (bounds asserted) and bench/attacks.py (the figures, against any checkout: before/after).
 
-Each attack runs for a while against a real server (`gpt2-serve serve` in a process of its own);
-meanwhile an observer process (observer.py) hits /healthz every 5 ms and sends a normal request
-again and again, and a sampler reads the resident memory of every process of the server.
-`measure()` reports:
+Each attack runs against a real server (`gpt2-serve serve` in a process of its own) in windows of
+ATTACK_WINDOW seconds between quiet ones of QUIET_WINDOW; an observer process (observer.py) hits
+/healthz every 5 ms and sends a normal request again and again throughout, and a sampler reads the
+resident memory of every process of the server. `measure()` reports:
 
 - answers: how many, their statuses, the slowest (seconds), the largest body (bytes);
-- healthz: probes, p50/p99/max (ms); normal: the median request time quiet and during the attack;
+- healthz: the probes during the attack windows, p50/p99/max (ms);
+- normal: the median time of the normal request in the quiet windows and in the attack windows
+  (interleaved, so that the shared machine's drifting load does not pass for harm or hide it);
 - rss_growth_mb: the largest growth of the server's processes' summed RSS over its value before.
 """
 
@@ -29,10 +31,11 @@ import httpx
 
 from tests.integration.conftest import descendants
 from tests.reliability.conftest import percentile, rss
-from tests.reliability.observer import observe
+from tests.reliability.observer import ATTACK, QUIET, SETTLING, observe
 
 NORMAL = {"prompt": "Hello there", "max_tokens": 4, "temperature": 0}
 LIMIT_BYTES = 4 * 1024 * 1024
+ATTACK_WINDOW, QUIET_WINDOW = 1.0, 0.5  # seconds
 
 
 @dataclass
@@ -44,6 +47,26 @@ class Answers:
     sizes: list[int] = field(default_factory=list)
     bodies: list[str] = field(default_factory=list)  # the first few, for the report
     lock: threading.Lock = field(default_factory=threading.Lock)
+    gate: threading.Event = field(default_factory=threading.Event)  # set while an attack window is open
+    over: bool = False
+    active: int = 0  # attacking requests under way
+
+    def go(self) -> bool:
+        """Wait for an attack window; False once the attack is over."""
+        while not self.gate.wait(0.05):
+            if self.over:
+                return False
+        return not self.over
+
+    @contextlib.contextmanager
+    def sending(self):
+        with self.lock:
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.active -= 1
 
     def add(self, status, seconds: float, body: bytes) -> None:
         with self.lock:
@@ -65,50 +88,72 @@ def server_rss(pid: int) -> int:
 
 def measure(url: str, pid: int, attack: Callable[[Answers, float], None], seconds: float,
             clients: int = 1, probe_every: float = 0.005, headers: dict | None = None) -> dict:
-    """Run `attack(answers, deadline)` in `clients` threads for about `seconds`, and measure: the
-    probes and the normal requests (carrying `headers`) come from an observer process of their own
-    (observer.py), the server's memory is sampled from here."""
+    """Run `attack(answers, deadline)` in `clients` threads, in attack windows adding up to about
+    `seconds`, and measure (the normal requests carry `headers`)."""
     ctx = multiprocessing.get_context("spawn")
-    commands, results = ctx.Queue(), ctx.Queue()
-    watcher = ctx.Process(target=observe, args=(url, headers, NORMAL, probe_every, commands, results), daemon=True)
+    commands, results, phase = ctx.Queue(), ctx.Queue(), ctx.Value("i", SETTLING, lock=False)
+    watcher = ctx.Process(target=observe, args=(url, headers, NORMAL, probe_every, phase, commands, results),
+                          daemon=True)
     watcher.start()
+    answers, stop = Answers(), threading.Event()
     try:
-        results.get(timeout=120)  # the normal request's quiet time is measured
+        assert results.get(timeout=120) == "ready"
         before = server_rss(pid)
-        peak, answers, stop = [before], Answers(), threading.Event()
+        peak = [before]
 
         def sample_memory() -> None:
             while not stop.wait(0.1):
                 peak.append(server_rss(pid))
 
+        def settle() -> None:  # no attacking request under way (a drip may take a few seconds to end)
+            phase.value = SETTLING
+            deadline = time.monotonic() + 30
+            while answers.active and time.monotonic() < deadline:
+                time.sleep(0.01)
+
         sampler = threading.Thread(target=sample_memory)
         sampler.start()
-        deadline = time.monotonic() + seconds
-        attackers = [threading.Thread(target=attack, args=(answers, deadline)) for _ in range(clients)]
+        attackers = [threading.Thread(target=attack, args=(answers, time.monotonic() + 600)) for _ in range(clients)]
         for t in attackers:
             t.start()
+        for _ in range(max(1, round(seconds / ATTACK_WINDOW))):
+            settle()
+            phase.value = QUIET
+            time.sleep(QUIET_WINDOW)
+            phase.value = ATTACK
+            answers.gate.set()
+            time.sleep(ATTACK_WINDOW)
+            answers.gate.clear()
+        settle()
+        phase.value = QUIET
+        time.sleep(QUIET_WINDOW)
+        phase.value = SETTLING
+        answers.over = True
         for t in attackers:
-            t.join(seconds + 120)
+            t.join(120)
         stop.set()
         sampler.join(60)
         commands.put("stop")
-        _, seen = results.get(timeout=120)
+        seen = results.get(timeout=120)
     finally:
+        answers.over = True
         watcher.join(30)
         if watcher.is_alive():
             watcher.kill()
-    probe_ms = [took * 1e3 for _, took in seen["probes"]]
-    normal = [took for status, took in seen["normals"] if status == 200]
+    probe_ms = [took * 1e3 for p, _, took in seen["probes"] if p == ATTACK]
+    quiet = [took for p, status, took in seen["normals"] if p == QUIET and status == 200]
+    normal = [took for p, status, took in seen["normals"] if p == ATTACK and status == 200]
     return {"answers": len(answers.statuses), "statuses": sorted(set(map(str, answers.statuses))),
             "slowest_s": round(max(answers.seconds, default=float("nan")), 3),
             "largest_body_bytes": max(answers.sizes, default=0), "examples": answers.bodies[:2],
-            "healthz": {"n": len(probe_ms), "failed": sum(status != 200 for status, _ in seen["probes"]),
+            "healthz": {"n": len(probe_ms), "failed": sum(s != 200 for p, s, _ in seen["probes"] if p == ATTACK),
                         "p50_ms": round(statistics.median(probe_ms), 1), "p99_ms": round(p99(probe_ms), 1),
                         "max_ms": round(max(probe_ms), 1)},
-            "normal_quiet_ms": round(seen["quiet"] * 1e3, 1),
+            "normal_quiet_ms": round(statistics.median(quiet) * 1e3, 1), "normal_quiet_n": len(quiet),
             "normal_during_ms": round(statistics.median(normal) * 1e3, 1) if normal else None,
-            "normal_during_n": len(normal), "normal_failed": len(seen["normals"]) - len(normal),
-            "normal_ratio": round(statistics.median(normal) / seen["quiet"], 2) if normal else None,
+            "normal_during_n": len(normal),
+            "normal_failed": sum(s != 200 for _, s, _ in seen["normals"]),
+            "normal_ratio": round(statistics.median(normal) / statistics.median(quiet), 2) if normal else None,
             "rss_before_mb": round(before / 2**20, 1), "rss_growth_mb": round((max(peak) - before) / 2**20, 1)}
 
 
@@ -129,8 +174,9 @@ def repeat(url: str, path: str, body: bytes, headers: list | None = None, pause:
 
     def attack(answers: Answers, deadline: float) -> None:
         with httpx.Client(base_url=url, timeout=120) as http:
-            while time.monotonic() < deadline:
-                answers.add(*post_raw(http, path, body, headers))
+            while answers.go() and time.monotonic() < deadline:
+                with answers.sending():
+                    answers.add(*post_raw(http, path, body, headers))
                 time.sleep(pause)
 
     return attack
@@ -165,9 +211,9 @@ def drip(url: str, every: float, headers_only: bool = False):
             b"Content-Length: 100\r\n\r\n")
 
     def attack(answers: Answers, deadline: float) -> None:
-        while time.monotonic() < deadline:
+        while answers.go() and time.monotonic() < deadline:
             start, answer = time.perf_counter(), b""
-            with socket.create_connection((host, int(port)), timeout=60) as sock:
+            with answers.sending(), socket.create_connection((host, int(port)), timeout=60) as sock:
                 if not headers_only:
                     sock.sendall(head)
                 pending = iter(head if headers_only else b"{" * 100)

@@ -2,54 +2,56 @@
 few milliseconds and sends a normal request again and again, so that its timings are the server's,
 not those of a client process whose attacking threads hold the GIL. Imports nothing but httpx.
 
-Protocol over a multiprocessing queue pair: it puts ("quiet", seconds) once it has measured the
-normal request alone, runs until it gets "stop", measures the normal request alone again, then
-puts ("done", report). The quiet time is the median over both quiet spells, so that the machine's
-load drifting (it is shared) does not pass for harm done by the attack."""
+`phase` (a shared integer) says what is going on: QUIET (no attack), ATTACK, or SETTLING (the
+switch between them). Every probe and normal request is tagged with the phase it started and ended
+in; one that saw a switch is dropped. The attack comes in windows between quiet ones, so that the
+quiet and attacked timings are taken in the same minutes of a shared machine whose load drifts.
 
-import statistics
+Protocol: it puts "ready" once its clients are warm, runs until it gets "stop", then puts
+{"probes": [(phase, status, seconds)], "normals": [(phase, status, seconds)]}."""
+
 import threading
 import time
 
 import httpx
 
+SETTLING, QUIET, ATTACK = 0, 1, 2
 
-def observe(url: str, headers: dict | None, normal: dict, probe_every: float, commands, results) -> None:
-    quiet = alone(url, headers, normal)
-    results.put(("quiet", statistics.median(quiet)))
+
+def observe(url: str, headers: dict | None, normal: dict, probe_every: float, phase, commands, results) -> None:
     stop = threading.Event()
-    probes: list[tuple[object, float]] = []
-    normals: list[tuple[object, float]] = []
+    probes: list[tuple[int, object, float]] = []
+    normals: list[tuple[int, object, float]] = []
+
+    def tagged(call, into: list) -> None:
+        before = phase.value
+        status, seconds = timed(call)
+        if phase.value == before != SETTLING:
+            into.append((before, status, seconds))
 
     def probe() -> None:
         with httpx.Client(timeout=30) as client:
             while not stop.is_set():
-                probes.append(timed(lambda: client.get(f"{url}/healthz")))
+                tagged(lambda: client.get(f"{url}/healthz"), probes)
                 stop.wait(probe_every)
 
     def normal_requests() -> None:
         with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
             while not stop.is_set():
-                normals.append(timed(lambda: client.post("/v1/completions", json=normal)))
-                stop.wait(0.05)
+                tagged(lambda: client.post("/v1/completions", json=normal), normals)
+                stop.wait(0.02)
 
+    with httpx.Client(base_url=url, timeout=60, headers=headers) as warm:
+        warm.post("/v1/completions", json=normal)
     threads = [threading.Thread(target=probe), threading.Thread(target=normal_requests)]
     for t in threads:
         t.start()
+    results.put("ready")
     commands.get()  # "stop"
     stop.set()
     for t in threads:
         t.join(60)
-    time.sleep(0.5)  # (answers to the last attacking requests may still be on their way)
-    quiet += alone(url, headers, normal)
-    results.put(("done", {"quiet": statistics.median(quiet), "probes": probes, "normals": normals}))
-
-
-def alone(url: str, headers: dict | None, normal: dict, count: int = 20) -> list[float]:
-    """Seconds each of `count` normal requests takes, one after the other."""
-    with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
-        http.post("/v1/completions", json=normal)
-        return [timed(lambda: http.post("/v1/completions", json=normal))[1] for _ in range(count)]
+    results.put({"probes": probes, "normals": normals})
 
 
 def timed(call) -> tuple[object, float]:
