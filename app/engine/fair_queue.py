@@ -16,8 +16,10 @@ heads, tagged V or less). A tenant's later sequences wait while the others recei
 proportion to their weights, never longer: every tag is finite and V only grows. A tenant's
 history is forgotten whenever the queue empties (no one waits, so no one was wronged).
 
-It offers the scheduler what a deque did: append, popleft, remove, len, bool and iteration (in
-no particular order).
+It offers the scheduler what a deque did: append, popleft, remove (a sequence aborted while
+waiting), len, bool and iteration, in the order popleft would take them; and take(seq), for a
+scheduler that picks one of the first few it iterated over (e.g. the one reusing the longest cached
+prefix): it leaves the queue as if popleft had taken it.
 """
 
 import heapq
@@ -64,18 +66,27 @@ class FairQueue:
         self._taken()
         return seq
 
-    def remove(self, seq: Sequence) -> None:
-        """Take this sequence out (it was aborted while waiting); ValueError if it is not here."""
+    def take(self, seq: Sequence) -> None:
+        """This waiting sequence starts being served (the scheduler chose it among the first it
+        iterated over): out of the queue, and the virtual time moves on to its start tag."""
+        start = self.remove(seq)
+        self._virtual = max(self._virtual, start) if self._len else 0.0
+
+    def remove(self, seq: Sequence) -> float:
+        """Take this sequence out (it was aborted while waiting) and return its start tag;
+        ValueError if it is not here."""
         queue = self._queues.get(seq.tenant)
         index = next((i for i, item in enumerate(queue or ()) if item[2] is seq), None)
         if index is None:
             raise ValueError("the sequence is not waiting")
+        start = queue[index][0]
         del queue[index]
         if index == 0 and queue:  # the old head's heap entry is now stale; the new head needs one
             heapq.heappush(self._heads, (queue[0][0], queue[0][1], seq.tenant))
         if not queue:
             del self._queues[seq.tenant]
         self._taken()
+        return start
 
     def _taken(self) -> None:
         self._len -= 1
@@ -91,4 +102,5 @@ class FairQueue:
         return self._len > 0
 
     def __iter__(self) -> Iterator[Sequence]:
-        return (item[2] for queue in self._queues.values() for item in queue)
+        """The waiting sequences in the order popleft would take them (lazily: the first few are cheap)."""
+        return (item[2] for item in heapq.merge(*self._queues.values(), key=lambda item: item[:2]))

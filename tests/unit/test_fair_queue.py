@@ -60,6 +60,29 @@ def test_work_not_sequences_is_shared():
     assert sum(name.startswith("small") for name in first) == 20  # ten small ones per big one
 
 
+def test_iteration_is_in_the_order_sequences_would_be_taken():
+    queue = FairQueue()
+    for i in range(30):
+        queue.append(seq(f"s{i}", f"t{i % 3}", prompt=1 + i % 7, weight=1 + i % 2))
+    assert [s.request_id for s in queue] == drain(queue)
+
+
+def test_taking_one_of_the_first_few_moves_time_on_but_an_abort_does_not():
+    def queue_with(how: str) -> list[str]:
+        queue = FairQueue()
+        for i in range(4):
+            queue.append(seq(f"a{i}", "a"))  # tags 0, 20, 40, 60
+            queue.append(seq(f"b{i}", "b"))
+        third = [s for s in queue][2]  # a1, tagged 20
+        getattr(queue, how)(third)
+        queue.append(seq("c0", "c"))
+        return [s.request_id for s in queue]
+
+    # served (e.g. chosen for the prefix it reuses): time moves on to its tag, a newcomer queues from there
+    assert queue_with("take")[:4] == ["a0", "b0", "b1", "c0"]
+    assert queue_with("remove")[:3] == ["a0", "b0", "c0"]  # aborted: nobody was served, time stays
+
+
 def test_remove_takes_a_waiting_sequence_out_even_at_the_head():
     queue = FairQueue()
     seqs = [seq(f"x{i}", "ab"[i % 2]) for i in range(6)]
@@ -67,7 +90,7 @@ def test_remove_takes_a_waiting_sequence_out_even_at_the_head():
         queue.append(s)
     queue.remove(seqs[0])  # a's head
     queue.remove(seqs[3])
-    assert sorted(s.request_id for s in queue) == ["x1", "x2", "x4", "x5"]
+    assert [s.request_id for s in queue] == ["x1", "x2", "x4", "x5"]
     assert drain(queue) == ["x1", "x2", "x4", "x5"]
     with pytest.raises(ValueError):
         queue.remove(seqs[1])
