@@ -1,6 +1,7 @@
 """The `gpt2-serve` command: serve, download, calibrate, and the commands registered below."""
 
 import logging
+import sys
 
 import typer
 from pydantic import ValidationError
@@ -56,8 +57,21 @@ from app.detect.cli import train_detector  # noqa: E402
 cli.command("train-detector")(train_detector)
 
 
+# top-level modules that only the `train` extra installs (pip install 'gpt2-serve[train]')
+EXTRAS = {"datasets": "train", "accelerate": "train", "sklearn": "train", "matplotlib": "train"}
+
+
 def main() -> None:
-    cli()
+    """The console script: a command that needs an extra that is not installed says so in one line."""
+    try:
+        cli()
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"gpt2-serve: this command needs the '{extra}' extra (the module {exc.name!r} is missing): "
+              f"pip install 'gpt2-serve[{extra}]'", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """One Settings object for the whole service, read from GPT2_* environment variables."""
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KEY_CLASS = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+DEFAULT_KEY_CLASS = "default"  # keys given without a class
+ANONYMOUS_KEY_CLASS = "anonymous"  # callers without keys (GPT2_API_KEYS unset): shared by client address
 
 
 class Settings(BaseSettings):
@@ -32,9 +37,10 @@ class Settings(BaseSettings):
                                       "defaults to the model's n_positions (1024 for GPT-2).")
     max_queue: int = Field(256, ge=0, description="Sequences waiting for a slot; beyond it new "
                            "requests get 429.")
-    step_timeout: float = Field(60.0, gt=0, description="Seconds without any answer from the engine, while "
-                                "it has work, after which it counts as hung: requests in flight fail, the "
-                                "probes answer 503 and the server exits.")
+    step_timeout: float = Field(60.0, gt=0, description="Seconds without any word from the engine, while it has "
+                                "work, after which it counts as hung: requests in flight fail, the probes answer "
+                                "503 and the server exits. A step running longer than its size makes likely (by "
+                                "the engine's own measured speed) is still vouched for by the engine's heartbeats.")
     prefix_caching: bool = Field(True, description="Reuse the keys, values and prompt scores of a prompt's "
                                  "longest prefix already computed (by a running sequence, or kept from a "
                                  "finished one until its slot is needed) instead of computing them again.")
@@ -48,19 +54,29 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated Bearer keys; empty means no auth.")
+        default_factory=list, description="Comma-separated Bearer keys, each `key` or `class:key` (the class names "
+        "the key in metrics and weighs it in fair sharing); empty means no auth.")
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body "
                                    "accepted (413 beyond).")
     drain_timeout: float = Field(30.0, ge=0, description="Seconds admitted requests get to finish "
                                  "after SIGTERM before the process exits.")
     docs: Literal["public", "keys", "off"] = Field("public", description="/docs and /openapi.json: open to "
                                                    "all, behind GPT2_API_KEYS like the API, or not served.")
-    key_concurrency: int = Field(0, ge=0, description="Requests one API key may have in flight at once "
-                                 "(429 beyond); 0: no limit.")
-    max_connections: int | None = Field(None, ge=1, description="Open connections at once; beyond it new "
-                                        "ones get 503. Unset: no limit.")
+    key_concurrency: int = Field(0, ge=0, description="Requests one API key may have in flight at once, "
+                                 "across all API processes (429 beyond); 0: no limit.")
+    fair_share: bool = Field(True, description="Share admission and the engine's waiting queue fairly between API "
+                             "keys (between client addresses without keys): a caller under its share is admitted "
+                             "even when others filled the queue, and the queue serves callers in weighted fair "
+                             "order. false: first come, first served.")
+    key_class_weights: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, description="Comma-separated class=weight pairs (e.g. interactive=4,batch=1): a "
+        "class's keys get that many times the share of a weight-1 key. Unnamed classes weigh 1.")
+    max_connections: int | None = Field(None, ge=1, description="Open connections per API process; a request "
+                                        "on a connection beyond it gets 503 `too_many_connections` and the "
+                                        "connection is closed. Unset: no limit.")
     keep_alive_timeout: float = Field(5.0, gt=0, description="Seconds an idle keep-alive connection stays open.")
-    read_timeout: float = Field(30.0, gt=0, description="Seconds a client may take to send its request body.")
+    read_timeout: float = Field(30.0, gt=0, description="Seconds a client may take to send its whole request "
+                                "(headers, then the whole body: one deadline, not one per read); 408 beyond.")
 
     # --- limits: what one request may cost (checked before the cost is paid) ----------------------
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may take; then it is aborted "
@@ -108,7 +124,43 @@ class Settings(BaseSettings):
         if isinstance(keys, list) and (isinstance(value, str) or keys) and not all(keys):
             raise ValueError("GPT2_API_KEYS is set but holds an empty key; give comma-separated non-empty keys, "
                              "or leave it unset to serve without authentication")
+        for entry in keys if isinstance(keys, list) else []:
+            name, sep, key = entry.partition(":") if isinstance(entry, str) else ("", "", "")
+            if sep and not (KEY_CLASS.fullmatch(name) and key):
+                raise ValueError("an entry of GPT2_API_KEYS with a ':' is class:key, the class made of letters, "
+                                 "digits, '_', '-' or '.' (at most 32) and the key non-empty; write a key that "
+                                 "holds a ':' as default:<key>")
         return keys
+
+    @field_validator("key_class_weights", mode="before")
+    @classmethod
+    def _split_weights(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        weights = {}
+        for pair in filter(None, (p.strip() for p in value.split(","))):
+            name, _, weight = pair.partition("=")
+            if not KEY_CLASS.fullmatch(name.strip()):
+                raise ValueError(f"{pair!r}: give class=weight pairs, class names of letters, digits, '_', '-' or '.'")
+            weights[name.strip()] = weight
+        return weights
+
+    @field_validator("key_class_weights")
+    @classmethod
+    def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, weight in value.items() if not 0 < weight <= 1000]
+        if bad:
+            raise ValueError(f"weights must lie in (0, 1000]; {', '.join(bad)} do not")
+        return value
+
+    @property
+    def keys_by_class(self) -> list[tuple[str, str]]:
+        """(class, key) for each API key: `class:key` entries, or class "default"."""
+        out = []
+        for entry in self.api_keys:
+            name, sep, key = entry.partition(":")
+            out.append((name, key) if sep else (DEFAULT_KEY_CLASS, entry))
+        return out
 
     @property
     def model_name(self) -> str:

@@ -24,6 +24,7 @@ from app.api.observability import install_metrics
 from app.api.ui import install_ui
 from app.config import Settings
 from app.detect.judge import load_judge
+from app.engine.admission import Admission
 from app.engine.client import EngineHandle
 from app.service import Service, connect_engine, load_tokenizer, start_engine
 
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None, engine: EngineHandle | None = N
     public_docs = settings.docs == "public"
     app = FastAPI(title="gpt2-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs" if public_docs else None, openapi_url="/openapi.json" if public_docs else None)
-    app.state.gpt2 = AppState(settings)
+    app.state.gpt2 = AppState(settings, shares_path=engine and engine.shares_path, row=engine.row if engine else 0)
     app.state.engine_handle = engine
     if not settings.api_keys:
         log.warning("GPT2_API_KEYS is unset: the API answers anyone who can reach it")
@@ -84,6 +85,7 @@ def install_guarded_docs(app: FastAPI, dependencies: list) -> None:
 async def lifespan(app: FastAPI):
     state: AppState = app.state.gpt2
     handle, loading = app.state.engine_handle, None
+    state.parser.start()  # its process, before the first large body
     if handle is None:  # load in the background: /healthz answers while the model loads
         loading = asyncio.create_task(load_service(state, None))
     else:  # one API process of several: the engine is up and connecting takes a second; accept
@@ -97,13 +99,17 @@ async def lifespan(app: FastAPI):
                 await loading
         if state.service is not None:
             await state.service.engine.shutdown()
+        await asyncio.to_thread(state.parser.stop)
 
 
 async def load_service(state: AppState, handle: EngineHandle | None) -> None:
     """Start (or connect to) the engine, load the tokenizer, and tell whoever waits (metrics)."""
     settings, engine = state.settings, None
     try:
-        engine = await (start_engine(settings) if handle is None else connect_engine(settings, handle))
+        admission = Admission(state.shares, state.row, settings.max_batch_size + settings.max_queue,
+                              state.callers.weights, fair=settings.fair_share)
+        engine = await (start_engine(settings, admission) if handle is None
+                        else connect_engine(settings, handle, admission))
         tokenizer = await load_tokenizer(engine.info)
         judge = load_judge(settings.detector, engine.info)  # None without GPT2_DETECTOR; refuses another model's
     except asyncio.CancelledError:

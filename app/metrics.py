@@ -26,7 +26,13 @@ Which level each series counts at:
   recommended maximum; CPU: the engine process's resident set size / the machine's RAM, or the
   cgroup limit when that is lower), and `gpt2_engine_up` (0 once the engine died or hung);
 - the engine process's own CPU time and memory, read from /proc at scrape time:
-  `gpt2_engine_process_*` (the API process's are the usual `process_*`).
+  `gpt2_engine_process_*` (the API process's are the usual `process_*`);
+- fair sharing, by key class (the class of an API key, `default` for keys given without one,
+  `anonymous` for callers without keys; never a key itself, so the label set is what
+  GPT2_API_KEYS names): `gpt2_key_class_requests_total{key_class,status}` (per HTTP request),
+  `gpt2_key_class_queue_seconds{key_class}` (per engine sequence of a completed request), and
+  `gpt2_key_class_sequences{key_class}`, the sequences admitted and not finished, read at scrape
+  time from the admission table all API processes share (app/engine/admission.py).
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -183,6 +190,14 @@ class Metrics:
         self.engine_up = Gauge("gpt2_engine_up", "1 while the engine process runs and answers; 0 before it is "
                                "ready and once it died or hung.", registry=r, multiprocess_mode="livemax")
 
+        # --- fair sharing, by key class ----------------------------------------------------------
+        self.key_class_requests = Counter("gpt2_key_class_requests", "HTTP requests to the API by the caller's key "
+                                          "class and status (499: client went away).", ["key_class", "status"],
+                                          registry=r)
+        self.key_class_queue_time = Histogram("gpt2_key_class_queue_seconds", "Time a sequence of a completed "
+                                              "request waited before its first step, by the caller's key class.",
+                                              ["key_class"], buckets=LATENCY_BUCKETS, registry=r)
+
         # Series that exist (at 0) before the first event, so dashboards and alerts have data.
         self._steps = {phase: self.step_duration.labels(phase) for phase in PHASES}
         self._rejected = {reason: self.rejected.labels(reason) for reason in REJECTION_REASONS}
@@ -217,6 +232,21 @@ class Metrics:
             reason = rejection_reason(status, error_code)
             if reason is not None:
                 self._rejected[reason].inc()
+
+    def key_classes(self, classes: Iterable[str], counts: Callable[[], dict[str, int]]) -> None:
+        """The key classes callers may have (their series start at 0), and where to read each
+        class's sequences in flight at scrape time."""
+        for name in classes:
+            self.key_class_queue_time.labels(name)
+            self.key_class_requests.labels(name, "200")
+        self.registry.register(KeyClassCollector(counts))
+
+    def observe_caller(self, key_class: str, status: int, aborted: bool, stats: Iterable[RequestStats]) -> None:
+        """One finished API request of a caller of this key class, and its sequences' queue times."""
+        self.key_class_requests.labels(key_class, ABORTED_STATUS if aborted else str(status)).inc()
+        queue_time = self.key_class_queue_time.labels(key_class)
+        for stat in stats:
+            queue_time.observe(stat.queue_time)
 
     # --- the engine ------------------------------------------------------------------------------
     def on_state(self, stats: StepStats) -> None:
@@ -288,3 +318,19 @@ class Metrics:
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+
+class KeyClassCollector:
+    """gpt2_key_class_sequences{key_class}, read from the admission table when scraped (so every
+    API process reports the same, global, numbers)."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]):
+        self.counts = counts
+
+    def collect(self):
+        family = GaugeMetricFamily("gpt2_key_class_sequences", "Engine sequences admitted and not finished (running "
+                                   "or waiting), by the caller's key class, over every API process.",
+                                   labels=["key_class"])
+        for name, value in sorted(self.counts().items()):
+            family.add_metric([name], value)
+        yield family

@@ -7,12 +7,18 @@ One API process (the default): this process serves HTTP and owns the engine proc
                       └─ engine core process (model, scheduler, runner)
 
 Several: this process only supervises. It binds the port, starts the engine, then N API
-processes that share the socket (the kernel spreads connections over them) and the engine. If
-any child dies, or the engine does, every process is stopped and this one exits 1, so the
-orchestrator restarts the pod; SIGTERM drains every API process, then stops the engine.
+processes that share the socket (the kernel spreads connections over them), the engine, and a
+table of admission counts (app/engine/admission.py), so that the engine's capacity, the fair
+shares and the per-key limits hold across them. An API process that dies is replaced (its
+connections are lost; the engine drops the sequences it left, its counts are zeroed) while the
+others serve on; one that keeps dying (WORKER_RESTARTS within RESTART_WINDOW) stops the server:
+the others drain their streams first. If the engine dies, every API process ends its streams with
+`engine_dead` and exits, and so does this one (code 1), so the orchestrator restarts the pod;
+SIGTERM drains every API process, then stops the engine.
 """
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -22,29 +28,43 @@ import socket
 import sys
 import tempfile
 import time
+import weakref
 from multiprocessing.connection import wait
 
 import uvicorn
 
 from app.config import Settings
+from app.engine.admission import ShareTable
 from app.engine.client import EngineHandle, EngineProcess
 
 log = logging.getLogger("app.server")
 
+WORKER_RESTARTS = 5  # API processes replaced within RESTART_WINDOW seconds before the server gives up
+RESTART_WINDOW = 60.0
+ENGINE_DEATH_EXIT = 10.0  # seconds API processes get to answer and exit after the engine died
+
 
 class DrainingServer(uvicorn.Server):
     """uvicorn, except that the first SIGTERM/SIGINT drains: /readyz turns 503, new requests get
-    503, admitted ones (streams included) finish within GPT2_DRAIN_TIMEOUT, then the server exits.
-    A second signal exits at once."""
+    503, idle connections close and bodies still arriving are cut (503) at once, admitted requests
+    (streams included) finish within GPT2_DRAIN_TIMEOUT, then the server exits. A second signal
+    exits at once. Also: requests on connections over GPT2_MAX_CONNECTIONS get an OpenAI-shaped
+    503 (RequestContextMiddleware), and a connection whose request headers have not all arrived
+    within GPT2_READ_TIMEOUT is closed (uvicorn has no deadline for them)."""
 
     def __init__(self, config: uvicorn.Config, app_state):
         super().__init__(config)
         self.app_state = app_state
         self.loop: asyncio.AbstractEventLoop | None = None
+        app_state.open_connections = lambda: len(self.server_state.connections)
 
     async def serve(self, sockets=None) -> None:
         self.loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        watcher = self.loop.create_task(self._close_slow_headers())
+        try:
+            await super().serve(sockets)
+        finally:
+            watcher.cancel()
 
     def handle_exit(self, sig: int, frame) -> None:
         if self.app_state.draining or self.loop is None or self.app_state.service is None:
@@ -54,7 +74,32 @@ class DrainingServer(uvicorn.Server):
                  self.app_state.settings.drain_timeout)
         self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._drain()))
 
+    def _close_idle_connections(self) -> None:
+        """Close connections between requests now; the others close once their response is sent."""
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+
+    async def _close_slow_headers(self) -> None:
+        timeout = self.app_state.settings.read_timeout
+        waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> (its cycle, since)
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 20))  # (a connection is closed within 10% of its deadline)
+            now = time.monotonic()
+            for connection in list(self.server_state.connections):
+                cycle = getattr(connection, "cycle", None)
+                # no request yet, or the last one answered and no keep-alive timer: headers are (maybe) arriving
+                if cycle is None or (cycle.response_complete and connection.timeout_keep_alive_task is None):
+                    seen_cycle, since = waiting.setdefault(connection, (cycle, now))
+                    if seen_cycle is not cycle:
+                        waiting[connection] = (cycle, now)
+                    elif now - since > timeout:
+                        connection.transport.close()
+                else:
+                    waiting.pop(connection, None)
+
     async def _drain(self) -> None:
+        self.app_state.start_drain()
+        self._close_idle_connections()
         deadline = time.monotonic() + self.app_state.settings.drain_timeout
         engine = self.app_state.service.engine
         while (self.app_state.in_flight or engine.num_unfinished) and time.monotonic() < deadline:
@@ -84,8 +129,7 @@ def run_api_server(settings: Settings, handle: EngineHandle | None = None, sock:
     app = create_app(settings, handle)
     state = app.state.gpt2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="on", limit_concurrency=settings.max_connections,
-                            timeout_keep_alive=settings.keep_alive_timeout)
+                            timeout_graceful_shutdown=5, lifespan="on", timeout_keep_alive=settings.keep_alive_timeout)
     server = DrainingServer(config, state)
     state.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run(sockets=None if sock is None else [sock])
@@ -94,6 +138,7 @@ def run_api_server(settings: Settings, handle: EngineHandle | None = None, sock:
 
 def supervise(settings: Settings) -> int:
     """Bind, start the engine and GPT2_API_SERVERS API processes; return the exit code."""
+    from app.api.auth import Callers
     from app.service import run_engine_core
 
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
@@ -101,8 +146,11 @@ def supervise(settings: Settings) -> int:
     sock.bind((settings.host, settings.port))
     sock.listen(2048)
     sock.set_inheritable(True)
-    metrics_dir = tempfile.mkdtemp(prefix="gpt2-serve-metrics-")
+    directory = tempfile.mkdtemp(prefix="gpt2-serve-")
+    metrics_dir = os.path.join(directory, "metrics")
+    os.mkdir(metrics_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the API processes' series, summed at scrape
+    shares = ShareTable.create(os.path.join(directory, "shares"), settings.api_servers, Callers(settings).slots)
     stopping = False
 
     def on_signal(sig, frame) -> None:
@@ -111,64 +159,114 @@ def supervise(settings: Settings) -> int:
             log.info("signal %s: draining the API processes", signal.Signals(sig).name)
         stopping = True
         if sig == signal.SIGTERM:  # (Ctrl-C's SIGINT reaches every process of the group by itself)
-            for worker in workers:
-                if worker.is_alive():
-                    os.kill(worker.pid, sig)
+            workers.signal_all(sig)
 
-    workers: list[multiprocessing.Process] = []
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    workers = Workers(settings, sock, shares)
     try:
         engine = asyncio.run(EngineProcess.start(run_engine_core, settings))
     except Exception as exc:
         log.critical("start-up failed: %s", exc)
+        shutil.rmtree(directory, ignore_errors=True)
         return 1
-    ctx = multiprocessing.get_context("spawn")
     try:
-        for index in range(settings.api_servers):
-            handle = EngineHandle(engine.address, engine.info, records_step_stats=index == 0)
-            worker = ctx.Process(target=run_api_worker, args=(settings, handle, sock), name=f"gpt2-api-{index}")
-            worker.start()
-            workers.append(worker)
+        for row in range(settings.api_servers):
+            workers.start(engine, row)
         log.info("serving on %s:%d with %d API processes and one engine process (pid %d)", settings.host,
-                 settings.port, len(workers), engine.info.pid)
+                 settings.port, settings.api_servers, engine.info.pid)
         code = watch(engine, workers, lambda: stopping)
+        if code and engine.process.is_alive():  # an API process that keeps dying: the others drain first
+            workers.signal_all(signal.SIGTERM)
+            workers.join(settings.drain_timeout + 10)
+        elif code:  # the engine died: the API processes end their streams with engine_dead and exit
+            workers.join(ENGINE_DEATH_EXIT)
     finally:
-        engine.process.join(0)  # reap a dead engine: the API processes then see it gone, fail what was
-        deadline = time.monotonic() + 5  # in flight with 503, and exit by themselves
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-            if worker.is_alive():
-                worker.terminate()
-                worker.join(10)
+        workers.join(5)
+        workers.kill()
         engine.stop()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
         sock.close()
     return code
 
 
-def watch(engine: EngineProcess, workers: list[multiprocessing.Process], stopping) -> int:
-    """Wait until every API process has exited (0 if each drained cleanly), or until a process
-    dies unasked (1: every other process is then stopped)."""
+class Workers:
+    """The API processes, by row (their row of the share table and their identity at the engine)."""
+
+    def __init__(self, settings: Settings, sock: socket.socket, shares: ShareTable):
+        self.settings, self.sock, self.shares = settings, sock, shares
+        self.by_row: dict[int, multiprocessing.Process] = {}
+        self.restarts: list[float] = []  # when API processes were replaced
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def start(self, engine: EngineProcess, row: int) -> None:
+        handle = EngineHandle(engine.address, engine.info, records_step_stats=row == 0, row=row,
+                              shares_path=self.shares.path)
+        worker = self._ctx.Process(target=run_api_worker, args=(self.settings, handle, self.sock),
+                                   name=f"gpt2-api-{row}")
+        worker.start()
+        self.by_row[row] = worker
+
+    def replace(self, engine: EngineProcess, row: int) -> bool:
+        """Start a new API process in a dead one's place; False once they die too often."""
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+        if len(self.restarts) > WORKER_RESTARTS:
+            return False
+        self.shares.clear_row(row)  # its requests and sequences are gone (the engine drops the sequences
+        self.start(engine, row)  # when the new process says hello under the same identity)
+        return True
+
+    def signal_all(self, sig: int) -> None:
+        for worker in self.by_row.values():
+            if worker.is_alive():
+                os.kill(worker.pid, sig)
+
+    def join(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        for worker in self.by_row.values():
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+    def kill(self) -> None:
+        for worker in self.by_row.values():
+            if worker.is_alive():
+                worker.kill()
+                worker.join(10)
+
+
+def watch(engine: EngineProcess, workers: Workers, stopping) -> int:
+    """Wait until every API process has exited (0 if each drained cleanly); replace one that dies
+    unasked; return 1 when the engine dies or API processes keep dying."""
     from prometheus_client import multiprocess
 
-    alive = {w.sentinel: w for w in workers}
-    while alive:
+    code = 0
+    while True:
+        alive = {w.sentinel: (row, w) for row, w in workers.by_row.items() if w.exitcode is None}
+        if not alive:
+            return code
         ready = wait([engine.process.sentinel, *alive], timeout=1.0)
         if engine.process.sentinel in ready:
+            engine.process.join(5)  # reap it now: the API processes see it gone (a zombie looks alive)
             log.critical("the engine process died (exit code %s); stopping", engine.process.exitcode)
             return 1
         for sentinel in ready:
-            worker = alive.pop(sentinel)
+            row, worker = alive[sentinel]
             worker.join()
-            multiprocess.mark_process_dead(worker.pid)
+            with contextlib.suppress(OSError):
+                multiprocess.mark_process_dead(worker.pid)
             # killed by our own SIGTERM before it set its handlers (still starting): it never accepted
             # a connection, so that is a clean exit too
             clean = worker.exitcode == 0 or (stopping() and worker.exitcode == -signal.SIGTERM)
-            if not clean or not stopping():
-                log.critical("API process %s exited (code %s); stopping", worker.name, worker.exitcode)
+            if stopping():
+                if not clean:
+                    log.warning("API process %s exited with code %s while draining", worker.name, worker.exitcode)
+                    code = 1
+                continue
+            log.critical("API process %s exited (code %s); its connections are lost", worker.name, worker.exitcode)
+            if not workers.replace(engine, row):
+                log.critical("%d API processes died within %.0f s; stopping (the others drain first)",
+                             WORKER_RESTARTS + 1, RESTART_WINDOW)
                 return 1
-    return 0
 
 
 def run_api_worker(settings: Settings, handle: EngineHandle, sock: socket.socket) -> None:

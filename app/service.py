@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.detect.judge import Judge
+from app.engine.admission import Admission
 from app.engine.client import EngineClient, EngineHandle
 from app.engine.memory import device_memory_readers
 from app.engine.protocol import EngineInfo
@@ -132,16 +133,16 @@ def run_engine_core(settings: Settings, address: str, ready: Connection, parent_
     server.run()
 
 
-async def start_engine(settings: Settings) -> EngineClient:
+async def start_engine(settings: Settings, admission: Admission | None = None) -> EngineClient:
     """Start an engine core process for these settings and connect to it (this client owns it)."""
     return await EngineClient.start(run_engine_core, settings, max_queue=settings.max_queue,
-                                    step_timeout=settings.step_timeout)
+                                    step_timeout=settings.step_timeout, admission=admission)
 
 
-async def connect_engine(settings: Settings, handle: EngineHandle) -> EngineClient:
+async def connect_engine(settings: Settings, handle: EngineHandle, admission: Admission | None = None) -> EngineClient:
     """Connect to the engine core that the supervisor started (GPT2_API_SERVERS > 1)."""
     return await EngineClient.connect(handle, max_queue=settings.max_queue, step_timeout=settings.step_timeout,
-                                      clients=settings.api_servers)
+                                      admission=admission)
 
 
 async def load_tokenizer(info: EngineInfo) -> Tokenizer:

@@ -15,10 +15,10 @@ from app.api.choice_text import ChoiceText, TokenEntry
 from app.api.deps import LimitsDep, ServiceDep, check_model
 from app.api.disconnect import time_limit, timed_out, until_done_or_disconnected
 from app.api.errors import APIError, error_body
-from app.api.limits import check_cost, check_sampling, check_texts
-from app.api.offload import OffloadRoute, encode_texts
+from app.api.limits import Limits, check_cost, check_sampling, check_texts, refuse
+from app.api.offload import OffloadRoute, TooManyTokens, encode_texts, json_response
 from app.api.record import RecordDep, RequestRecord
-from app.api.schemas import CompletionChoice, CompletionRequest, CompletionResponse, PromptTokensDetails, Usage
+from app.api.schemas import CompletionRequest, CompletionResponse, PromptTokensDetails, Usage
 from app.api.submission import check, engine_dead, gather_all, submit_all
 from app.engine.client import EngineClient, EngineDeadError, RequestStream
 from app.engine.sequence import FinishReason, RequestOutput
@@ -72,8 +72,9 @@ async def create_completion(body: CompletionRequest, request: Request, service: 
     check_model(service, body.model)
     check_texts(body.prompts(), limits, "prompt")
     check_sampling(body.logit_bias, body.stop, limits)
-    prompts = await tokenize_prompts(service, body)
-    check_cost(*cost(body, prompts), limits, param="n" if body.n > 1 else "prompt")
+    prompts = await tokenize_prompts(service, body, limits)
+    sequences, tokens, entries = cost(body, prompts)
+    check_cost(sequences, tokens, entries, limits, param="n" if body.n > 1 else "prompt")
     request_id = f"cmpl-{uuid.uuid4().hex}"
     choices = submit(service, body, prompts, request_id)
     record.prompt_tokens = sum(map(len, prompts))
@@ -91,14 +92,16 @@ async def create_completion(body: CompletionRequest, request: Request, service: 
         await until_done_or_disconnected(collect(choices), request, timeout)
     finally:
         service.engine.close(streams)
-    response = CompletionResponse(
-        id=request_id, created=created, model=service.info.name,
-        choices=[CompletionChoice(index=c.index, text=c.text.text[: c.text.released],
-                                  logprobs=logprobs_of(c.text.released_entries) if c.logprobs else None,
-                                  finish_reason=c.finish_reason) for c in choices],
-        usage=usage(prompts, choices))
     note(record, choices)
-    return response
+
+    def build() -> dict:  # a CompletionResponse as plain data (in a worker thread when it is big)
+        return {"id": request_id, "object": "text_completion", "created": created, "model": service.info.name,
+                "choices": [{"index": c.index, "text": c.text.text[: c.text.released],
+                             "logprobs": logprobs_of(c.text.released_entries) if c.logprobs else None,
+                             "finish_reason": c.finish_reason} for c in choices],
+                "usage": usage(prompts, choices).model_dump()}
+
+    return await json_response(build, entries)
 
 
 async def close(engine: EngineClient, streams: list[RequestStream]) -> None:
@@ -106,10 +109,17 @@ async def close(engine: EngineClient, streams: list[RequestStream]) -> None:
     engine.close(streams)
 
 
-async def tokenize_prompts(service: Service, body: CompletionRequest) -> list[list[int]]:
+async def tokenize_prompts(service: Service, body: CompletionRequest, limits: Limits) -> list[list[int]]:
     prompts = body.prompts()
     if isinstance(prompts[0], str):
-        prompts = await encode_texts(service.tokenizer, prompts)
+        # every choice processes its prompt: stop tokenizing once the request is over its budget
+        budget = limits.max_request_tokens // body.n
+        try:
+            prompts = await encode_texts(service.tokenizer, prompts, budget)
+        except TooManyTokens as exc:
+            raise refuse(f"the prompts have more than {exc.counted} tokens; with n={body.n} this request would make "
+                         f"the engine process more than {exc.counted * body.n}, and at most "
+                         f"{limits.max_request_tokens} are allowed", "prompt", "max_request_tokens") from None
     for i, ids in enumerate(prompts):
         if not ids:
             raise APIError(400, "the prompt is empty" + (f" (prompt {i})" if len(prompts) > 1 else ""), param="prompt")

@@ -1,24 +1,26 @@
 """Per-request context, as a pure ASGI middleware (cheap: no body buffering): the request id (on
-every response, 500s included), the count of requests in flight (for draining), the body size
-limit and read timeout, and the per-key concurrency limit."""
+every response, 500s included), the caller (its credentials read once: auth.py), the count of
+requests in flight (for draining), the connection cap, the body size limit and read deadline, and
+the per-key concurrency limit. All of it is decided before a byte of the body is read."""
 
 import asyncio
 import logging
 import re
-import secrets
 import uuid
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import current_caller
 from app.api.deps import AppState
 from app.api.disconnect import ClientDisconnected
-from app.api.errors import error_response
+from app.api.errors import APIError, error_response
 from app.api.record import RequestRecord
+from app.engine.admission import REQUESTS
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+CLOSE = {"Connection": "close"}
 
 
 class RequestContextMiddleware:
@@ -29,12 +31,13 @@ class RequestContextMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        settings = self.state.settings
+        state, settings = self.state, self.state.settings
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         record = RequestRecord(request_id)
-        scope.setdefault("state", {})["record"] = record
+        scope_state = scope.setdefault("state", {})
+        scope_state["record"] = record
         id_header = (b"x-request-id", request_id.encode())
         started = False
 
@@ -49,36 +52,59 @@ class RequestContextMiddleware:
             record.error_code = code
             await error_response(status, message, code=code, headers=headers)(scope, receive, send_with_id)
 
+        cap = settings.max_connections
+        if cap is not None and state.open_connections is not None and state.open_connections() > cap:
+            return await answer(503, f"this server process has more than {cap} open connections "
+                                "(GPT2_MAX_CONNECTIONS); retry on a new connection later", "too_many_connections",
+                                {"Retry-After": "1", **CLOSE})
+        authorization = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(authorization) > 1:  # which one would count? refuse rather than guess (auth and limits must agree)
+            return await answer(400, "the request has more than one Authorization header; send exactly one",
+                                "duplicate_authorization")
+        caller = state.callers.identify(authorization[0] if authorization else None, scope.get("client"))
+        scope_state["caller"] = record.caller = caller
+        current_caller.set(caller)
         length = headers.get(b"content-length", b"")
         limit = settings.max_request_bytes
         if length.isdigit() and int(length) > limit:  # refuse before reading a byte
             return await answer(413, f"the request body has {int(length)} bytes; the limit is {limit} "
                                 "(GPT2_MAX_REQUEST_BYTES)", "body_too_large")
-        key = self._counted_key(headers)
-        if key is not None and self.state.key_in_flight.get(key, 0) >= settings.key_concurrency:
+        counted = caller.keyed and settings.key_concurrency > 0
+        if counted and state.shares.held(REQUESTS, caller.tenant.slot) >= settings.key_concurrency:
             return await answer(429, f"this API key has {settings.key_concurrency} requests in flight already "
                                 "(GPT2_KEY_CONCURRENCY); retry when one has finished", "key_concurrency",
                                 {"Retry-After": "1"})
+        deadline = asyncio.get_running_loop().time() + settings.read_timeout
         received, body_done = 0, False
 
         async def receive_limited() -> Message:
             nonlocal received, body_done
             if body_done:  # what follows the body is the disconnect, which may take the whole response
                 return await receive()
-            try:  # a client that sends its body slowly holds a connection: bound it
-                message = await asyncio.wait_for(receive(), settings.read_timeout)
+            if state.draining:
+                raise cut_by_drain()
+            try:  # one deadline for the whole body, not one per read: a client dripping it is cut off
+                async with asyncio.timeout_at(deadline) as timeout:
+                    state.body_reads.add(timeout)
+                    try:
+                        message = await receive()
+                    finally:
+                        state.body_reads.discard(timeout)
             except TimeoutError:
-                raise HTTPException(408, f"the request body did not arrive within {settings.read_timeout:g} s "
-                                    "(GPT2_READ_TIMEOUT)") from None
+                if state.draining:  # start_drain() moved the deadline to now
+                    raise cut_by_drain() from None
+                raise APIError(408, f"the request body did not arrive within {settings.read_timeout:g} s "
+                               "(GPT2_READ_TIMEOUT)", code="read_timeout", headers=CLOSE) from None
             received += len(message.get("body", b""))
             body_done = not message.get("more_body", False)
             if received > limit:  # a chunked body without Content-Length
-                raise HTTPException(413, f"the request body exceeds {limit} bytes (GPT2_MAX_REQUEST_BYTES)")
+                raise APIError(413, f"the request body exceeds {limit} bytes (GPT2_MAX_REQUEST_BYTES)",
+                               code="body_too_large", headers=CLOSE)
             return message
 
-        self.state.in_flight += 1
-        if key is not None:
-            self.state.key_in_flight[key] = self.state.key_in_flight.get(key, 0) + 1
+        state.in_flight += 1
+        if counted:
+            state.count_request(caller.tenant.slot, 1)
         try:
             await self.app(scope, receive_limited, send_with_id)
         except ClientDisconnected:
@@ -90,19 +116,11 @@ class RequestContextMiddleware:
             await answer(500, f"internal server error; request id {request_id} (also in X-Request-ID) finds it "
                          "in the server's log", "internal_error")
         finally:
-            self.state.in_flight -= 1
-            if key is not None:
-                self.state.key_in_flight[key] -= 1
-                if not self.state.key_in_flight[key]:
-                    del self.state.key_in_flight[key]
+            state.in_flight -= 1
+            if counted:
+                state.count_request(caller.tenant.slot, -1)
 
-    def _counted_key(self, headers: dict[bytes, bytes]) -> str | None:
-        """The API key a request presents, when per-key concurrency is limited and it is a real key."""
-        settings = self.state.settings
-        if not settings.key_concurrency or not settings.api_keys:
-            return None
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer":
-            return None
-        return next((key for key in settings.api_keys if secrets.compare_digest(token.encode(), key.encode())), None)
+
+def cut_by_drain() -> APIError:
+    return APIError(503, "the server is shutting down and stopped reading this request's body; retry on another "
+                    "replica", code="draining", headers=CLOSE)

@@ -2,16 +2,18 @@
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.api.auth import Callers, require_key
 from app.api.errors import APIError
 from app.api.limits import Limits
+from app.api.offload import BodyParser
 from app.config import Settings
+from app.engine.admission import REQUESTS, ShareTable
 from app.service import Service
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,30 @@ class AppState:
     engine_error: str | None = None  # why the engine died or hung, once it did
     draining: bool = False
     in_flight: int = 0  # HTTP requests being served (health probes included)
-    key_in_flight: dict[str, int] = field(default_factory=dict)  # requests in flight by API key (when limited)
     on_fatal: Callable[[], None] | None = None  # set by the server: stop serving (the process exits 1)
     on_ready: list[Callable[[Service], None]] = field(default_factory=list)  # e.g. metrics subscribing
+    open_connections: Callable[[], int] | None = None  # set by the server (GPT2_MAX_CONNECTIONS)
+    shares_path: str | None = None  # the share table all API processes map (GPT2_API_SERVERS > 1)
+    row: int = 0  # this API process's row of it
+    body_reads: set = field(default_factory=set)  # the deadlines of request bodies being read (cut on drain)
+
+    def __post_init__(self) -> None:
+        self.callers = Callers(self.settings)
+        rows = self.settings.api_servers if self.shares_path else 1
+        self.shares = ShareTable(rows, self.callers.slots, self.shares_path)
+        self.shares.clear_row(self.row)  # a restarted process: what its predecessor counted is gone
+        self.parser = BodyParser()  # request bodies (a worker process for the large ones)
+
+    def count_request(self, slot: int, n: int) -> None:
+        """An API key's requests in flight (GPT2_KEY_CONCURRENCY), in this process's row."""
+        self.shares.counts[self.row, REQUESTS, slot] += n
+
+    def start_drain(self) -> None:
+        """Refuse new requests; cut requests whose body is still arriving (they answer 503 at once)."""
+        self.draining = True
+        now = asyncio.get_running_loop().time()
+        for deadline in list(self.body_reads):
+            deadline.reschedule(now)
 
     @property
     def limits(self) -> Limits:
@@ -69,14 +92,9 @@ async def get_service(request: Request) -> Service:
 
 
 async def check_api_key(request: Request) -> None:
-    """When GPT2_API_KEYS is set, require `Authorization: Bearer <one of them>`."""
-    keys = request.app.state.gpt2.settings.api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip().encode()
-    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token, key.encode()) for key in keys):
-        raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+    """When GPT2_API_KEYS is set, require `Authorization: Bearer <one of them>` (the credentials were
+    read once, by RequestContextMiddleware: see auth.py)."""
+    require_key(request)
 
 
 async def get_limits(request: Request) -> Limits:

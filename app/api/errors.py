@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGES = 5  # validation problems named in one error message
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -58,6 +60,8 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
             msg = f"the request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
         elif err.get("type") == "model_attributes_type" and not loc:
             msg = "the request body must be a JSON object"
+        elif err.get("type") == "int_parsing_size":  # beyond 64 bits: JSON parsing made it a float
+            msg = "must be an integer of at most 64 bits"
         if err.get("type") == "value_error" and field not in checked:
             # a value that failed every member of a union: our check's message says more than
             # "Input should be a valid list" from the members it was never meant for
@@ -66,12 +70,15 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
         if field in checked and err.get("type") != "value_error":
             continue
         by_field.setdefault(field, []).append(msg)
-    messages = [f"{field}: {msg}" if field else msg for field, msgs in by_field.items() for msg in msgs]
+    messages = list(dict.fromkeys(f"{field}: {msg}" if field else msg for field, msgs in by_field.items()
+                                  for msg in msgs))
     if not messages:
         return "invalid request", None
+    if len(messages) > MAX_MESSAGES:  # the first few say what to fix; a body of a million errors stays small
+        messages = [*messages[:MAX_MESSAGES], f"and {len(messages) - MAX_MESSAGES} more problems"]
     first = next(iter(by_field))  # the field, without list indices (the message keeps them)
     param = ".".join(p for p in first.split(".") if not p.isdigit()) if first else None
-    return "; ".join(dict.fromkeys(messages)), param or None
+    return "; ".join(messages), param or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

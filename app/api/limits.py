@@ -14,14 +14,13 @@ from dataclasses import dataclass
 
 from app.api.errors import APIError
 from app.config import Settings
-from app.engine.client import admission_share
 
 
 @dataclass(frozen=True)
 class Limits:
     max_inputs: int
     max_input_chars: int
-    max_sequences: int  # per request: its fair share of the queue
+    max_sequences: int  # per request: its share of the queue
     max_request_tokens: int
     max_response_entries: int
     max_logit_bias: int
@@ -31,10 +30,7 @@ class Limits:
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Limits":
-        # one request's share of the queue, and never more than one API process may admit at once
-        # (with GPT2_API_SERVERS > 1): it could never run
-        share = min(math.floor(s.max_request_share * s.max_queue),
-                    admission_share(s.max_batch_size, s.max_queue, s.api_servers))
+        share = math.floor(s.max_request_share * s.max_queue)  # (admission counts over every API process)
         return cls(s.max_inputs, s.max_input_chars, max(1, share), s.max_request_tokens, s.max_response_entries,
                    s.max_logit_bias, s.max_stop_chars, s.min_stride, s.max_explain_positions)
 

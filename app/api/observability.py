@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.record import RequestRecord
 from app.config import Settings
+from app.engine.admission import SEQUENCES
 from app.metrics import Metrics
 from app.service import Service
 
@@ -106,6 +107,8 @@ class ObservabilityMiddleware:
                 self.metrics.observe_http(endpoint, status, duration, aborted, record.error_code,
                                           record.prompt_tokens or 0, record.completion_tokens or 0,
                                           record.scored_tokens or 0)
+                if record.caller is not None and endpoint not in QUIET_ENDPOINTS and endpoint != OTHER_ENDPOINT:
+                    self.metrics.observe_caller(record.caller.tenant.key_class, status, aborted, record.engine_stats)
             if aborted:
                 status = 499
             if endpoint in QUIET_ENDPOINTS and (status < 400 or status == 503):  # 503: loading or draining
@@ -185,6 +188,16 @@ def install_metrics(app: FastAPI) -> Metrics:
     app.add_api_route("/metrics", serve_metrics, methods=["GET"], tags=["health"], response_class=Response,
                       summary="Prometheus metrics (text format, or OpenMetrics when asked for)")
     app.add_middleware(ObservabilityMiddleware, fastapi_app=app, metrics=metrics, settings=state.settings)
+
+    classes = state.callers.slot_classes()
+
+    def sequences_by_class() -> dict[str, int]:
+        counts = dict.fromkeys(state.callers.key_classes, 0)
+        for slot, held in enumerate(state.shares.by_slot(SEQUENCES).tolist()):
+            counts[classes[slot]] += held
+        return counts
+
+    metrics.key_classes(state.callers.key_classes, sequences_by_class)
 
     def on_ready(service: Service) -> None:
         metrics.known_endpoints(api_paths(app))

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.api.auth import Caller
 from app.engine.stats import RequestStats
 
 
@@ -21,6 +22,7 @@ class RequestRecord:
     engine_stats: list[RequestStats] = field(default_factory=list)  # one per finished engine sequence
     error_code: str | None = None  # why it was refused or failed
     prompt: object = None  # as sent; logged only with GPT2_LOG_PROMPTS=true
+    caller: Caller | None = None  # who sent it (auth.py): its key class labels the per-class metrics
 
 
 async def get_record(request: Request) -> RequestRecord:

@@ -5,13 +5,24 @@ Pydantic lives here, at the edge; `to_sampling_params()` converts to the engine'
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from app.engine.sequence import SamplingParams
 
 MAX_LOGPROBS = 5  # as OpenAI
 MAX_STOP = 4
 MAX_TOP_K = 1 << 31  # a larger top_k keeps every token, as this one does
+MAX_ID_DIGITS = 10  # a token id (a logit_bias key) has at most 10 digits: refused by length before int()
+SEEDS = (-(2**63), 2**64)  # a seed is a signed or unsigned 64-bit integer
 
 
 def check_text(value: str) -> str:
@@ -61,9 +72,10 @@ def one_of(text, texts, ids, id_lists):
 
 
 Text = Annotated[str, AfterValidator(check_text)]
-Texts = Annotated[list[str], Field(min_length=1), AfterValidator(check_texts)]
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-Prompt = one_of(Text, Texts, TokenIds, Annotated[list[TokenIds], Field(min_length=1)])
+# fail_fast: validating a list stops at its first bad element (one error, not a million)
+Texts = Annotated[list[str], Field(min_length=1, fail_fast=True), AfterValidator(check_texts)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, fail_fast=True)]
+Prompt = one_of(Text, Texts, TokenIds, Annotated[list[TokenIds], Field(min_length=1, fail_fast=True)])
 
 
 class StreamOptions(BaseModel):
@@ -101,8 +113,8 @@ class CompletionRequest(BaseModel):
         None, validate_default=True, examples=[["\n\n"]],
                                          description="Up to 4 strings that end the completion; the stop string "
                                          "is not included in the text.")
-    seed: int | None = Field(None, description="Seed for sampling: the same seed gives the same tokens, alone or "
-                             "in any batch.", examples=[42])
+    seed: int | None = Field(None, ge=SEEDS[0], lt=SEEDS[1], description="Seed for sampling (a 64-bit integer): "
+                             "the same seed gives the same tokens, alone or in any batch.", examples=[42])
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalise tokens that already appeared.",
                                     examples=[0.0])
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="Penalise tokens by how often they "
@@ -124,7 +136,7 @@ class CompletionRequest(BaseModel):
     min_tokens: int = Field(0, ge=0, description="Generate at least this many tokens before EOS or a stop token "
                             "may end the choice.", examples=[0])
     ignore_eos: bool = Field(False, description="Keep generating after the end-of-text token.", examples=[False])
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64,
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64, fail_fast=True,
                                                               description="Token ids that end the choice (kept in "
                                                               "the token count, not in the text).", examples=[[198]])
 
@@ -142,8 +154,9 @@ class CompletionRequest(BaseModel):
     @classmethod
     def _check_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not (key.isascii() and key.isdigit()):  # "²".isdigit() is True, and int() refuses it
-                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not (key.isascii() and key.isdigit() and len(key) <= MAX_ID_DIGITS):  # "²".isdigit() is True
+                raise ValueError(f"keys must be token ids (at most {MAX_ID_DIGITS} digits), got {key[:20]!r}"
+                                 + ("..." if len(key) > 20 else ""))
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"bias for token {key} must lie in [-100, 100], got {bias}")
         return value
@@ -270,7 +283,8 @@ class TokenizeResponse(BaseModel):
 
 class DetokenizeRequest(BaseModel):
     model: str | None = Field(None, description="The served model's name; optional.", examples=["gpt2"])
-    tokens: list[Annotated[int, Field(ge=0)]] = Field(..., description="Token ids.", examples=[[15496, 995]])
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(..., fail_fast=True, description="Token ids.",
+                                                      examples=[[15496, 995]])
 
 
 class DetokenizeResponse(BaseModel):

@@ -17,7 +17,7 @@ from app.api.deps import LimitsDep, ServiceDep, check_model
 from app.api.disconnect import time_limit, until_done_or_disconnected
 from app.api.errors import APIError
 from app.api.limits import Limits, check_cost, check_texts, num_windows, refuse
-from app.api.offload import OffloadRoute, encode_texts, json_response
+from app.api.offload import OffloadRoute, TooManyTokens, encode_texts, json_response
 from app.api.record import RecordDep
 from app.api.score_explain import entries_per_position, explain_params, explanation, plan_explain
 from app.api.score_schemas import ScoreRequest, ScoreResponse
@@ -64,7 +64,7 @@ async def create_score(body: ScoreRequest, request: Request, service: ServiceDep
     inputs, contexts = body.inputs(), body.contexts()
     check_texts([*inputs, *(contexts or [])], limits, "input")
     stride = check_stride(body, service.info.max_model_len, limits)
-    pairs = await tokenize(service, inputs, contexts)
+    pairs = await tokenize(service, inputs, contexts, limits.max_request_tokens)
     items = plan(service, body, pairs, stride, limits)
     request_id = f"score-{uuid.uuid4().hex}"
     submit(service, body, items, request_id)
@@ -103,7 +103,8 @@ def check_stride(body: ScoreRequest, max_len: int, limits: Limits) -> int | None
     return body.stride
 
 
-async def tokenize(service: Service, inputs: list, contexts: list | None) -> list[tuple[list[int], list[int]]]:
+async def tokenize(service: Service, inputs: list, contexts: list | None,
+                   budget: int | None = None) -> list[tuple[list[int], list[int]]]:
     """(context ids, input ids) of each input, every text encoded in one batch. Context and
     continuation are tokenized apart and concatenated, as lm-evaluation-harness does, after moving
     the context's trailing whitespace to the start of the continuation (so "is " + "Paris" scores
@@ -116,7 +117,11 @@ async def tokenize(service: Service, inputs: list, contexts: list | None) -> lis
             context, text = stripped, context[len(stripped):] + text
         pairs.append((context, text))
     texts = [t for pair in pairs for t in pair if isinstance(t, str)]
-    encoded = iter(await encode_texts(service.tokenizer, texts))
+    try:  # (tokenizing stops once the texts are over the request's token budget)
+        encoded = iter(await encode_texts(service.tokenizer, texts, budget))
+    except TooManyTokens as exc:
+        raise refuse(f"the texts have more than {exc.counted} tokens; at most {budget} are allowed", "input",
+                     "max_request_tokens") from None
     eos = service.tokenizer.eos_token_id
 
     def ids(value) -> list[int]:

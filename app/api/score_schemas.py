@@ -22,9 +22,10 @@ from app.engine.sequence import SamplingParams
 MAX_TOP_LOGPROBS = 20
 NO_JUDGE = "no judge loaded; train one with gpt2-serve train-detector and set GPT2_DETECTOR"
 
-ContextIds = list[Annotated[int, Field(ge=0)]]  # may be empty: then <|endoftext|> is the context
-ScoreInput = one_of(Text, Texts, TokenIds, Annotated[list[TokenIds], Field(min_length=1)])
-ScoreContext = one_of(Text, Texts, ContextIds, Annotated[list[ContextIds], Field(min_length=1)])
+# may be empty: then <|endoftext|> is the context; fail_fast: validation stops at the first bad id
+ContextIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(fail_fast=True)]
+ScoreInput = one_of(Text, Texts, TokenIds, Annotated[list[TokenIds], Field(min_length=1, fail_fast=True)])
+ScoreContext = one_of(Text, Texts, ContextIds, Annotated[list[ContextIds], Field(min_length=1, fail_fast=True)])
 
 
 def _kind(value: object) -> str:

@@ -6,19 +6,23 @@ they are queued all together or not at all, and each one's last output says how 
 import asyncio
 from collections.abc import Awaitable
 
+from app.api.auth import current_caller
 from app.api.errors import APIError
-from app.engine.client import EngineDeadError, QueueFullError, RequestStream, Submission
+from app.engine.admission import QueueFullError
+from app.engine.client import EngineDeadError, RequestStream, Submission
 from app.engine.sequence import FinishReason, RequestOutput
 from app.engine.validation import InvalidRequestError
 from app.service import Service
 
 
 def submit_all(service: Service, sequences: list[Submission]) -> list[RequestStream]:
-    """Queue (request id, prompt ids, params) for each sequence, or none of them: 400 if one can
-    never run, 429 while the engine is at capacity, 503 when it is gone. (The request's size was
-    checked against its limits before: app/api/limits.py.)"""
+    """Queue (request id, prompt ids, params) for each sequence, or none of them, for the request's
+    caller (its tenant shares the engine fairly with the others): 400 if one can never run, 429
+    while the engine is at capacity (or the caller is past its share), 503 when it is gone. (The
+    request's size was checked against its limits before: app/api/limits.py.)"""
+    caller = current_caller.get()
     try:
-        return service.engine.submit(sequences)
+        return service.engine.submit(sequences, caller.tenant if caller is not None else None)
     except InvalidRequestError as exc:
         raise APIError(400, exc.message, param=exc.param, code=exc.code) from exc
     except QueueFullError as exc:

@@ -1,11 +1,15 @@
-"""Tokenizer endpoints, in the shapes vLLM serves and lm-evaluation-harness's remote tokenizer reads."""
+"""Tokenizer endpoints, in the shapes vLLM serves and lm-evaluation-harness's remote tokenizer reads.
+
+What they return is bounded like what they take: /tokenize at most GPT2_MAX_REQUEST_TOKENS tokens
+(it stops tokenizing there), /detokenize at most GPT2_MAX_INPUT_CHARS characters."""
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from app.api.deps import LimitsDep, ServiceDep, check_model
 from app.api.errors import APIError
 from app.api.limits import check_texts, refuse
-from app.api.offload import OffloadRoute, decode_ids, encode_texts
+from app.api.offload import OffloadRoute, TooManyTokens, decode_ids, encode_texts, json_response
 from app.api.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -18,11 +22,16 @@ router = APIRouter(tags=["tokenizer"], route_class=OffloadRoute)
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, summary="Text -> GPT-2 token ids")
-async def tokenize(body: TokenizeRequest, service: ServiceDep, limits: LimitsDep) -> TokenizeResponse:
+async def tokenize(body: TokenizeRequest, service: ServiceDep, limits: LimitsDep) -> Response:
     check_model(service, body.model)
     check_texts([body.prompt], limits, "prompt")
-    (tokens,) = await encode_texts(service.tokenizer, [body.prompt])
-    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=service.info.max_model_len)
+    try:
+        (tokens,) = await encode_texts(service.tokenizer, [body.prompt], limits.max_request_tokens)
+    except TooManyTokens as exc:
+        raise refuse(f"the text has more than {exc.counted} tokens; /tokenize returns at most "
+                     f"{limits.max_request_tokens}", "prompt", "max_request_tokens") from None
+    return await json_response(lambda: {"tokens": tokens, "count": len(tokens),
+                                        "max_model_len": service.info.max_model_len}, len(tokens))
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, summary="Token ids -> text")
@@ -35,7 +44,11 @@ async def detokenize(body: DetokenizeRequest, service: ServiceDep, limits: Limit
     bad = next((t for t in body.tokens if t >= vocab), None)
     if bad is not None:
         raise APIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param="tokens")
-    return DetokenizeResponse(prompt=await decode_ids(service.tokenizer, body.tokens))
+    text = await decode_ids(service.tokenizer, body.tokens)
+    if len(text) > limits.max_input_chars:
+        raise refuse(f"these tokens make {len(text)} characters of text; /detokenize returns at most "
+                     f"{limits.max_input_chars}", "tokens", "max_input_chars")
+    return DetokenizeResponse(prompt=text)
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfo, summary="Special tokens and sizes of the tokenizer")

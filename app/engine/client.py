@@ -10,10 +10,16 @@ their outputs as async iterators, the engine's stats, and whether it is alive.
     finally:
         engine.close(streams)  # aborts what is still running (e.g. the client went away)
 
+Admission (admission.py): every sequence is counted for its tenant (an API key or a client
+address) in a table all API processes share; submit() refuses with QueueFullError past the engine's
+capacity, unless the tenant is under its fair share. The tenant travels with each sequence to the
+engine, whose waiting queue serves tenants in weighted fair order (fair_queue.py).
+
 Supervision: a client that started the engine process watches it end (its sentinel); any client
 watches that it answers: with sequences in flight and no message for `step_timeout` seconds the
-engine is declared hung. Either way every stream in flight ends with EngineDeadError, and the
-death listeners hear of it (the API turns its probes to 503 and exits).
+engine is declared hung (the engine keeps sending heartbeats while a step runs as long as its size
+makes likely, so a long step is not taken for a hang). Either way every stream in flight ends with
+EngineDeadError, and the death listeners hear of it (the API turns its probes to 503 and exits).
 """
 
 import asyncio
@@ -28,9 +34,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
+from app.engine.admission import Admission, ShareTable, Tenant
 from app.engine.protocol import (
     AbortRequests,
     AddRequests,
@@ -48,6 +56,7 @@ from app.engine.validation import validate_sequence
 
 log = logging.getLogger(__name__)
 
+ANONYMOUS = Tenant("", "default", 0)  # who submits when no tenant is named
 WATCH_INTERVAL = 0.25  # seconds between liveness checks
 
 
@@ -57,10 +66,6 @@ class EngineDeadError(RuntimeError):
 
 class EngineStartError(RuntimeError):
     """The engine core could not start (e.g. the model failed to load); the message says why."""
-
-
-class QueueFullError(Exception):
-    """Admitting these sequences would exceed the engine's capacity (running slots + GPT2_MAX_QUEUE)."""
 
 
 Submission = tuple[str, list[int], SamplingParams]  # (request id, prompt token ids, parameters)
@@ -73,6 +78,8 @@ class EngineHandle:
     address: str
     info: EngineInfo
     records_step_stats: bool  # exactly one API process records the engine's step stats
+    row: int = 0  # this API process's number: its row of the share table, its identity at the engine
+    shares_path: str | None = None  # the share table's file (admission.py)
 
 
 class RequestStream:
@@ -80,10 +87,11 @@ class RequestStream:
     EngineDeadError if the engine dies first. (A deque and one future per wait: an asyncio.Queue
     costs twice as much per token.)"""
 
-    __slots__ = ("request_id", "finished", "_items", "_waiter")
+    __slots__ = ("request_id", "slot", "finished", "_items", "_waiter")
 
-    def __init__(self, request_id: str):
+    def __init__(self, request_id: str, slot: int = 0):
         self.request_id = request_id
+        self.slot = slot  # its tenant's column in the share table
         self.finished = False
         self._items: deque[RequestOutput | BaseException] = deque()
         self._waiter: asyncio.Future | None = None
@@ -166,18 +174,14 @@ def _kill(process: multiprocessing.Process) -> None:
     process.join(5)
 
 
-def admission_share(max_batch_size: int, max_queue: int, clients: int) -> int:
-    """Sequences in flight (running + waiting) one client may admit: with several API processes on
-    one engine (GPT2_API_SERVERS), each its equal share, so that together they never queue more
-    than the engine's capacity."""
-    return max(1, (max_batch_size + max_queue) // clients)
-
-
 class EngineClient:
     def __init__(self, info: EngineInfo, address: str, *, max_queue: int, step_timeout: float,
-                 records_step_stats: bool = True, process: EngineProcess | None = None, clients: int = 1):
+                 records_step_stats: bool = True, process: EngineProcess | None = None,
+                 admission: Admission | None = None, identity: bytes | None = None):
         self.info = info
-        self.capacity = admission_share(info.max_batch_size, max_queue, clients)
+        # sequences in flight (running + waiting), counted per tenant across every API process
+        self.admission = admission or Admission(ShareTable(1, 1), 0, info.max_batch_size + max_queue,
+                                                np.ones(1), fair=False)
         self.step_timeout = step_timeout
         self.dead: str | None = None  # why the engine is gone, once it is
         self.last_stats: StepStats | None = None  # the engine's latest (if this client records stats)
@@ -190,6 +194,8 @@ class EngineClient:
         self._encode = encoder().encode
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.DEALER)
+        if identity is not None:  # a restarted API process takes its predecessor's place (and sequences)
+            self._socket.setsockopt(zmq.IDENTITY, identity)
         self._socket.setsockopt(zmq.SNDHWM, 0)
         self._socket.setsockopt(zmq.RCVHWM, 0)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -200,41 +206,54 @@ class EngineClient:
         if process is not None:
             loop.add_reader(process.process.sentinel, self._on_process_exit)
 
+    @property
+    def capacity(self) -> int:
+        """Sequences the engine holds (running slots + GPT2_MAX_QUEUE), over every API process."""
+        return self.admission.capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self.admission.capacity = value
+
     @classmethod
-    async def start(cls, target: Callable, *args, max_queue: int, step_timeout: float) -> "EngineClient":
+    async def start(cls, target: Callable, *args, max_queue: int, step_timeout: float,
+                    admission: Admission | None = None) -> "EngineClient":
         """Start an engine core process (see EngineProcess.start) and connect to it; this client
         owns the process and stops it in shutdown()."""
         process = await EngineProcess.start(target, *args)
-        return cls(process.info, process.address, max_queue=max_queue, step_timeout=step_timeout, process=process)
+        return cls(process.info, process.address, max_queue=max_queue, step_timeout=step_timeout, process=process,
+                   admission=admission)
 
     @classmethod
     async def connect(cls, handle: EngineHandle, *, max_queue: int, step_timeout: float,
-                      clients: int) -> "EngineClient":
-        """Connect to an engine started by another process (which supervises it), one of `clients`."""
+                      admission: Admission | None = None) -> "EngineClient":
+        """Connect to an engine started by another process (which supervises it) as API process
+        number handle.row: a restarted process takes over what its predecessor left in the engine."""
         return cls(handle.info, handle.address, max_queue=max_queue, step_timeout=step_timeout,
-                   records_step_stats=handle.records_step_stats, clients=clients)
+                   records_step_stats=handle.records_step_stats, admission=admission,
+                   identity=f"api-{handle.row}".encode())
 
     # --- requests ----------------------------------------------------------------------------
-    def submit(self, sequences: list[Submission]) -> list[RequestStream]:
-        """Queue these sequences all together, or none of them. Raises InvalidRequestError (from
-        validation.py) if one can never run, QueueFullError if the engine is at capacity,
-        EngineDeadError if it is gone."""
+    def submit(self, sequences: list[Submission], tenant: Tenant | None = None) -> list[RequestStream]:
+        """Queue these sequences all together, or none of them, for `tenant` (None: an anonymous
+        caller in slot 0). Raises InvalidRequestError (from validation.py) if one can never run,
+        QueueFullError (admission.py) if the engine is at capacity, or this tenant past its share
+        of it, EngineDeadError if the engine is gone."""
         if self.dead is not None:
             raise EngineDeadError(self.dead)
-        for _, prompt, params in sequences:
+        for request_id, prompt, params in sequences:
             validate_sequence(prompt, params, self.info)
-        if len(self._streams) + len(sequences) > self.capacity:
-            raise QueueFullError(f"{len(self._streams)} sequences are running or waiting, "
-                                 f"{len(sequences)} more would exceed {self.capacity}")
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already running")
+        tenant = tenant or ANONYMOUS
+        self.admission.admit(tenant, len(sequences))
         if not self._streams:
             self._last_heard = time.monotonic()  # the engine had nothing to say until now
         now = time.monotonic()
-        requests, streams = [], []
-        for request_id, prompt, params in sequences:
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already running")
-            requests.append(EngineRequest(request_id, prompt, params, now))
-            streams.append(RequestStream(request_id))
+        name = tenant.name if self.admission.fair else ""  # the same for all: the engine's queue is then FIFO
+        requests = [EngineRequest(request_id, prompt, params, now, name, tenant.weight)
+                    for request_id, prompt, params in sequences]
+        streams = [RequestStream(request_id, tenant.slot) for request_id, _, _ in sequences]
         self._send(AddRequests(requests))
         for stream in streams:
             self._streams[stream.request_id] = stream
@@ -249,7 +268,12 @@ class EngineClient:
 
     def abort(self, request_ids: list[str]) -> None:
         """Stop these sequences; their streams end at once. Their aborts' stats still arrive."""
-        ids = [rid for rid in request_ids if self._streams.pop(rid, None) is not None]
+        ids = []
+        for rid in request_ids:
+            stream = self._streams.pop(rid, None)
+            if stream is not None:
+                self.admission.release(stream.slot)
+                ids.append(rid)
         if ids and self.dead is None:
             self._send(AbortRequests(ids))
 
@@ -286,6 +310,7 @@ class EngineClient:
                 stream.put(output)
                 if output.finish_reason is not None:
                     del streams[output.request_id]
+                    self.admission.release(stream.slot)
             if output.stats is not None:
                 for listener in self.request_listeners:
                     listener(output.stats)
@@ -318,21 +343,23 @@ class EngineClient:
             return
         self.dead = reason
         log.critical("%s; failing %d sequences in flight", reason, len(self._streams))
-        for stream in self._streams.values():
-            stream.put(EngineDeadError(reason))
-        self._streams.clear()
+        self._fail_all(reason)
         for listener in self.death_listeners:
             listener(reason)
         if self._process is not None:
             self._process.stop()  # a hung engine must not linger
 
+    def _fail_all(self, reason: str) -> None:
+        for stream in self._streams.values():
+            stream.put(EngineDeadError(reason))
+            self.admission.release(stream.slot)
+        self._streams.clear()
+
     async def shutdown(self) -> None:
         """Disconnect; stop the engine process if this client started it."""
         if self.dead is None:
             self.dead = "the engine was stopped"
-        for stream in self._streams.values():
-            stream.put(EngineDeadError(self.dead))
-        self._streams.clear()
+        self._fail_all(self.dead)
         for task in self._tasks:
             task.cancel()
         if self._process is not None:
@@ -344,10 +371,17 @@ class EngineClient:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, dead but not yet reaped by its parent, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:  # no /proc (not Linux): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True

@@ -7,11 +7,13 @@ on one thread, behind a ZeroMQ socket (`CoreServer`); the API processes reach it
 
 import logging
 import os
+import threading
 import time
 
 import numpy as np
 import zmq
 
+from app.engine.heartbeat import Heartbeat, StepSpeed
 from app.engine.memory import device_memory_readers, release_free_memory
 from app.engine.protocol import (
     AbortRequests,
@@ -39,6 +41,7 @@ class EngineCore:
         self.runner = runner
         self.scheduler = scheduler
         self.fault: Fault | None = None  # tests and chaos drills only
+        self.running_step: tuple[float, int] | None = None  # (start, tokens) of the step executing now
         self._seeds = np.random.default_rng(seed)  # streams of requests that bring no seed
 
     # --- requests ----------------------------------------------------------------------------
@@ -46,7 +49,8 @@ class EngineCore:
         """Queue a sequence. Requests come validated by the client (validation.py)."""
         params = request.params
         seed = params.seed if params.seed is not None else int(self._seeds.integers(2**63))
-        self.scheduler.add(Sequence(request.request_id, request.prompt_token_ids, params, seed, request.arrival_time))
+        self.scheduler.add(Sequence(request.request_id, request.prompt_token_ids, params, seed, request.arrival_time,
+                                    tenant=request.tenant, weight=request.weight))
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now; its slot is free for the next step. Returns its last output, or
@@ -68,11 +72,12 @@ class EngineCore:
         if batch.is_empty:
             return [], None
         start = time.monotonic()
+        self.running_step = (start, batch.num_tokens)  # read by the heartbeat thread (heartbeat.py)
         for seq, _ in batch.prefills:
             seq.scheduled_time = seq.scheduled_time or start
         try:
             if self.fault is not None:
-                self.fault.strike()
+                self.fault.strike(batch.num_tokens)
             result = self.runner.execute(batch)
         except Exception as exc:  # one bad step fails its own sequences, not the engine
             log.exception("engine step failed; failing its %d sequences", len(batch.decodes) + len(batch.prefills))
@@ -103,6 +108,7 @@ class CoreServer:
         self.socket.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow client: it drains soon
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted API process reconnects under its old identity
         self.socket.bind(address)
         self.owners: dict[str, bytes] = {}  # request id -> the identity of the client that sent it
         self.last_sent: dict[bytes, float] = {}  # client identity -> when it last heard from us
@@ -112,9 +118,14 @@ class CoreServer:
         self._read_memory = device_memory_readers(device)[0]
         self._memory_read_at = 0.0
         self._reported_busy = False  # the stats client last heard of running or waiting sequences
+        # the socket belongs to this loop except while a step runs: then heartbeats may use it
+        self._lock = threading.Lock()
+        self._speed = StepSpeed()
+        Heartbeat(lambda: self.core.running_step, self._speed, self._lock, self._heartbeat).start()
 
     def run(self) -> None:
         """Serve until the process that started this one is gone."""
+        self._lock.acquire()
         checked, was_busy = time.monotonic(), False
         while True:
             if time.monotonic() - checked >= 1.0:
@@ -124,7 +135,7 @@ class CoreServer:
                     return
             self._receive(0 if self.core.has_unfinished() else IDLE_POLL_MS)
             if self.core.has_unfinished():
-                self._send(*self.core.step())
+                self._send(*self._step())
                 was_busy = True
                 continue
             if self._reported_busy:  # e.g. aborts emptied the engine: the gauges must say so
@@ -132,6 +143,24 @@ class CoreServer:
             if was_busy:  # just went idle: give the steps' freed memory back
                 release_free_memory()
                 was_busy = False
+
+    def _step(self) -> tuple[list[RequestOutput], StepStats | None]:
+        self._lock.release()  # the heartbeat thread may speak while the step runs
+        try:
+            outputs, stats = self.core.step()
+        finally:
+            self._lock.acquire()
+            self.core.running_step = None
+        if stats is not None:
+            self._speed.measured(stats)
+        return outputs, stats
+
+    def _heartbeat(self) -> None:
+        """"Still working on yours", to every client with work here (from the heartbeat thread)."""
+        now = time.monotonic()
+        for identity in set(self.owners.values()):
+            self.socket.send_multipart([identity, self._encode(EngineOutputs())])
+            self.last_sent[identity] = now
 
     def _receive(self, timeout_ms: int) -> None:
         if not self.socket.poll(timeout_ms):
@@ -158,6 +187,11 @@ class CoreServer:
             if outputs:
                 self._send(outputs, None)
         elif isinstance(message, Hello):
+            # a client's first word: what its identity still owns here was left by a predecessor
+            # (an API process that died and was restarted under the same identity): nobody waits for it
+            for rid in [rid for rid, owner in self.owners.items() if owner == identity]:
+                self.core.abort(rid)
+                del self.owners[rid]
             self.last_sent[identity] = time.monotonic()
             if message.records_step_stats:
                 self.stats_client = identity

@@ -21,6 +21,8 @@ class EngineRequest(msgspec.Struct, array_like=True):
     prompt_token_ids: list[int]
     params: SamplingParams
     arrival_time: float  # time.monotonic() when the API received it
+    tenant: str = ""  # who it is for ("key:3", "addr:10.0.0.7"; never a secret): the fair queue's groups
+    weight: float = 1.0  # the tenant's weight in the fair queue
 
 
 class AddRequests(msgspec.Struct, tag="add", array_like=True):
@@ -44,19 +46,20 @@ class Fault(msgspec.Struct, tag="fault", array_like=True, omit_defaults=True):
     """For tests and chaos drills: make the engine misbehave from its next step on."""
 
     step_delay: float = 0.0  # seconds added to every step
+    token_delay: float = 0.0  # seconds added to a step per token it holds (a slow model: long steps are big ones)
     failing_steps: int = 0  # this many steps raise
     hang: float = 0.0  # the next step blocks this long
     exit_code: int | None = None  # the engine process exits at once, with this code
 
-    def strike(self) -> None:
-        """Called before each step's forward pass."""
+    def strike(self, tokens: int = 0) -> None:
+        """Called before each step's forward pass, with the step's number of tokens."""
         if self.exit_code is not None:
             os._exit(self.exit_code)
         if self.hang:
             hang, self.hang = self.hang, 0.0
             time.sleep(hang)
-        if self.step_delay:
-            time.sleep(self.step_delay)
+        if self.step_delay or self.token_delay:
+            time.sleep(self.step_delay + self.token_delay * tokens)
         if self.failing_steps:
             self.failing_steps -= 1
             raise RuntimeError("injected fault")

@@ -2,8 +2,9 @@
 
 Iteration-level batching: every step, running sequences that are decoding get one token each;
 what is left of the step's token budget goes to prefill, first to sequences already part-way
-through their prompt, then to waiting ones as cache slots allow. A long prompt is thus prefilled
-in chunks between decode steps, and decodes are never starved.
+through their prompt, then to waiting ones as cache slots allow, in the waiting queue's weighted
+fair order between tenants (fair_queue.py; first come, first served within a tenant). A long prompt
+is thus prefilled in chunks between decode steps, and decodes are never starved.
 
 A waiting sequence starts from the longest prefix of its prompt whose keys and values a slot
 already holds (prefix_cache.py); one whose prefix a running prefill is computing waits for that
@@ -17,9 +18,9 @@ then.
 """
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
+from app.engine.fair_queue import FairQueue
 from app.engine.inspection import Readout
 from app.engine.prefix_cache import BLOCK, PrefixCache, Reuse, reused_scores
 from app.engine.sequence import FinishReason, PromptScores, RequestOutput, Sequence, Status
@@ -78,7 +79,7 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.eos_token_id = eos_token_id
         self.cache = PrefixCache(max_batch_size, prefix_caching)
-        self.waiting: deque[Sequence] = deque()
+        self.waiting = FairQueue()  # shared fairly between tenants (API keys or client addresses)
         self.prefilling: list[Sequence] = []  # in admission order
         self.decoding: list[Sequence] = []
         self.decode_version = 0
@@ -155,7 +156,7 @@ class Scheduler:
         # a compact slot range keeps decode attention from reading holes, unless every free slot is
         # about to be taken anyway
         compact = len(self.waiting) < len(self.cache.free)
-        self.waiting.remove(seq)
+        self.waiting.take(seq)
         if reuse is not None:
             source = self.cache.slots[reuse.source].seq  # (all of `reuse.alike` hold the same prefix)
             seq.prompt_scores = reused_scores(seq, source, reuse.length)

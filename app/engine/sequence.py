@@ -150,6 +150,8 @@ class Sequence:
     first_token_time: float | None = None
     last_token_time: float | None = None
     stats: RequestStats | None = None  # once finished
+    tenant: str = ""  # who it is for: the fair queue shares the engine between tenants (fair_queue.py)
+    weight: float = 1.0  # the tenant's weight
 
     @property
     def num_prompt_tokens(self) -> int:

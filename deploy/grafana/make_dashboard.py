@@ -212,6 +212,22 @@ def panels() -> list[dict]:
                    "ops", "Kept prefixes dropped per second to make room for new sequences: high with a "
                    "low hit ratio means more slots (GPT2_MAX_BATCH_SIZE) would keep more."),
 
+        row("Fair sharing"),
+        timeseries("Queue time by key class",
+                   quantiles("gpt2_key_class_queue_seconds", INST, by="key_class", qs=(0.5, 0.95)),
+                   "s", "Time a caller's sequences waited for a KV-cache slot, by its API key's class "
+                   "(`anonymous`: callers without keys). With fair sharing on, a class sending little "
+                   "waits little even while another fills the queue.", w=8),
+        timeseries("Sequences by key class",
+                   [target(f"max by (key_class) (gpt2_key_class_sequences{{{INST}}})", "{{key_class}}")],
+                   "none", "Engine sequences admitted and not finished, by key class (every API process "
+                   "of an instance reports the same total).", w=8),
+        timeseries("Requests by key class",
+                   [target(f"sum by (key_class, status) (rate(gpt2_key_class_requests_total{{{INST}}}[{RATE}]))",
+                           "{{key_class}} {{status}}")],
+                   "reqps", "API requests per second by key class and status (429: refused past the "
+                   "class's share or the key's concurrency).", w=8),
+
         row("Resources"),
         timeseries("Device memory",
                    [target(f"max by (instance) (gpt2_device_memory_used_bytes{{{INST}}})",

@@ -49,8 +49,8 @@ def parse_default(cell: str):
 def same_default(documented, actual) -> bool:
     if actual is None or documented is None:
         return documented is None and actual is None
-    if isinstance(actual, list):
-        return documented == [] and actual == []
+    if isinstance(actual, (list, dict)):  # documented as "empty ..."
+        return documented == [] and not actual
     if isinstance(actual, bool):
         return str(documented).lower() == str(actual).lower()
     if isinstance(actual, (int, float)):

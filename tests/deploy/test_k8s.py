@@ -7,6 +7,8 @@ Tests on raw files run everywhere; tests on the rendered overlays need `kubectl 
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,24 @@ def test_hpa_pdb_target_the_deployment(rendered):
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "gpt2_requests_waiting"
     pdb = find(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_api_keys_fail_closed_unless_an_operator_opts_out(rendered, tmp_path, require_tool):
+    """The keys' Secret is required (no Secret: the pod does not start); the no-auth component is the
+    one way to serve without keys, and it removes exactly that."""
+    _, objects = rendered
+    env = {e["name"]: e for e in container(find(objects, "Deployment"))["env"]}
+    ref = env["GPT2_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "gpt2-serve-api-keys" and ref["key"] == "GPT2_API_KEYS" and ref.get("optional") is False
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)  # (kustomize loads nothing by an absolute path)
+    (copy / "overlays/open").mkdir()
+    (copy / "overlays/open/kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../cpu\n"
+        "components:\n  - ../../components/no-auth\n")
+    out = subprocess.run([require_tool("kubectl"), "kustomize", str(copy / "overlays/open")], check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    opened = container(find([doc for doc in yaml.safe_load_all(out) if doc], "Deployment"))
+    names = [e["name"] for e in opened["env"]]
+    assert "GPT2_API_KEYS" not in names and set(env) - set(names) == {"GPT2_API_KEYS"}
+    assert "secretKeyRef" not in out

@@ -24,19 +24,19 @@ _HISTOGRAMS = [
     "gpt2_request_duration_seconds", "gpt2_request_queue_seconds",
     "gpt2_time_to_first_token_seconds", "gpt2_inter_token_latency_seconds",
     "gpt2_step_duration_seconds", "gpt2_batch_size", "gpt2_request_prompt_tokens",
-    "gpt2_request_generation_tokens",
+    "gpt2_request_generation_tokens", "gpt2_key_class_queue_seconds",
 ]
 _COUNTERS = [  # exposed with the _total suffix
     "gpt2_requests", "gpt2_prompt_tokens", "gpt2_generation_tokens", "gpt2_scored_tokens",
-    "gpt2_requests_rejected", "gpt2_requests_aborted", "gpt2_prefill_tokens", "gpt2_prefix_cache_queried_tokens",
-    "gpt2_prefix_cache_hit_tokens", "gpt2_prefix_cache_evictions",
+    "gpt2_requests_rejected", "gpt2_requests_aborted", "gpt2_key_class_requests", "gpt2_prefill_tokens",
+    "gpt2_prefix_cache_queried_tokens", "gpt2_prefix_cache_hit_tokens", "gpt2_prefix_cache_evictions",
     # prometheus-client's default collectors
     "process_cpu_seconds", "python_gc_objects_collected", "python_gc_objects_uncollectable",
     "python_gc_collections",
 ]
 _GAUGES = [
     "gpt2_requests_running", "gpt2_requests_waiting", "gpt2_kv_cache_usage_ratio",
-    "gpt2_model_info", "gpt2_device_memory_used_bytes", "gpt2_device_memory_total_bytes",
+    "gpt2_model_info", "gpt2_device_memory_used_bytes", "gpt2_device_memory_total_bytes", "gpt2_key_class_sequences",
     "process_virtual_memory_bytes", "process_resident_memory_bytes", "process_start_time_seconds",
     "process_open_fds", "process_max_fds", "python_info",
 ]

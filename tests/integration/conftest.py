@@ -60,7 +60,7 @@ def spawn(env: dict[str, str]) -> subprocess.Popen:
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else f"exit code {proc.returncode}"
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
@@ -68,6 +68,42 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("server not ready")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def engine_pid(server_pid: int) -> int:
+    """The engine process under a server: the one descendant that loaded torch (the API processes,
+    their body parsers and multiprocessing's resource tracker never do)."""
+    for pid in descendants(server_pid):
+        try:
+            with open(f"/proc/{pid}/maps", "rb") as f:
+                if b"libtorch" in f.read():
+                    return pid
+        except OSError:
+            pass
+    raise AssertionError("no engine process")
 
 
 def free_port() -> int:

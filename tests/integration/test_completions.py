@@ -226,16 +226,19 @@ def test_a_stop_string_completed_by_the_last_token_reports_stop(live):
     assert again.choices[0].finish_reason == "stop" and again.choices[0].text == text[: text.find(stop)]
 
 
-def test_any_integer_seed_works_and_hurts_no_neighbour(live):
+def test_any_64_bit_seed_works_and_hurts_no_neighbour(live):
     client = live.client()
-    for seed in (2**64 + 5, -(2**70), 0):
+    for seed in (2**64 - 1, -(2**63), 0):
         out = client.completions.create(model=MODEL, prompt="x", max_tokens=3, seed=seed, n=2)  # raises on a 500
         assert len(out.choices) == 2 and all(c.finish_reason in ("stop", "length") for c in out.choices)
-    big = client.completions.create(model=MODEL, prompt="x", max_tokens=5, seed=2**64 + 5, temperature=1.0,
+    top = client.completions.create(model=MODEL, prompt="x", max_tokens=5, seed=2**64 - 1, temperature=1.0,
                                     extra_body={"ignore_eos": True})
-    same = client.completions.create(model=MODEL, prompt="x", max_tokens=5, seed=5, temperature=1.0,
+    same = client.completions.create(model=MODEL, prompt="x", max_tokens=5, seed=-1, temperature=1.0,
                                      extra_body={"ignore_eos": True})
-    assert big.choices[0].text == same.choices[0].text  # seeds are taken modulo 2**64
+    assert top.choices[0].text == same.choices[0].text  # seeds are taken modulo 2**64
+    for seed in (2**64, -(2**63) - 1, 10**40):  # bounded: refused, never converted into a huge integer
+        response = live.http().post("/v1/completions", json={"prompt": "x", "seed": seed})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "seed", response.text
 
 
 def test_stop_token_ids_end_the_choice(live):

@@ -2,12 +2,13 @@
 
 import json
 import signal
+import socket
 import threading
 import time
 
 import httpx
 
-from tests.integration.conftest import free_port, spawn, wait_ready
+from tests.integration.conftest import free_port, spawn, wait_for, wait_ready
 
 
 def test_sigterm_drains_streams_then_exits_zero(tiny_model_dir):
@@ -63,7 +64,54 @@ def test_a_missing_model_fails_start_up_at_once(tmp_path):
         assert proc.wait(60) == 1
         output = proc.stdout.read()
         assert "GPT2_MODEL" in output and "GPT2_LOAD_FORMAT=dummy" in output
-        assert time.monotonic() - start < 60
+        assert time.monotonic() - start < 20  # at once: a process start and a failed lookup, not a timeout
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_closes_idle_connections_and_cuts_bodies_still_arriving_at_once(tiny_model_dir):
+    """Idle keep-alive connections and a client dripping its body would each hold the drain for a
+    minute (GPT2_KEEP_ALIVE_TIMEOUT, GPT2_READ_TIMEOUT): the drain closes the first and answers the
+    second 503 at once, while an admitted stream still finishes."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn({"GPT2_MODEL": tiny_model_dir, "GPT2_PORT": str(port), "GPT2_LOG_FORMAT": "text",
+                  "GPT2_DRAIN_TIMEOUT": "60", "GPT2_KEEP_ALIVE_TIMEOUT": "60", "GPT2_READ_TIMEOUT": "60"})
+    try:
+        wait_ready(url, proc)
+        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b'{"status":"ok"}' not in answer and (chunk := idle.recv(4096)):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")  # and the connection stays open
+        drip = socket.create_connection(("127.0.0.1", port), timeout=10)
+        drip.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{")
+        events = []
+
+        def stream() -> None:
+            body = {"prompt": "go", "max_tokens": 480, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+                events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+        streaming = threading.Thread(target=stream)
+        streaming.start()
+        wait_for(lambda: len(events) > 2)
+        time.sleep(0.2)  # the dripping request is in the app, waiting for its body
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        assert idle.recv(4096) == b""  # closed by the server
+        answer = b""
+        while chunk := drip.recv(65536):  # the answer, then the server closes the connection
+            answer += chunk
+        assert time.monotonic() - start < 3
+        assert answer.startswith(b"HTTP/1.1 503") and b'"code":"draining"' in answer, answer
+        streaming.join(60)
+        assert events[-1] == "data: [DONE]"
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.engine.protocol import Fault
-from tests.integration.conftest import free_port, spawn, start_server, wait_for, wait_ready
+from tests.integration.conftest import engine_pid, free_port, spawn, start_server, wait_for, wait_ready
 
 
 def stream_events(url: str, body: dict, first: threading.Event, out: list) -> None:
@@ -73,29 +73,13 @@ def test_the_server_process_exits_non_zero_when_its_engine_dies(tiny_model_dir):
     proc = spawn({"GPT2_MODEL": tiny_model_dir, "GPT2_PORT": str(port), "GPT2_LOG_FORMAT": "text"})
     try:
         wait_ready(url, proc)
-        os.kill(_engine_pid(proc.pid), signal.SIGKILL)
+        os.kill(engine_pid(proc.pid), signal.SIGKILL)
         assert proc.wait(30) == 1
         assert "the engine process died" in proc.stdout.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _engine_pid(server_pid: int) -> int:
-    """The engine: the child of the server process that multiprocessing spawned."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read()
-            except OSError:
-                continue
-            if ppid == server_pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                return int(entry)
-    raise AssertionError("no engine process")
 
 
 def test_two_api_processes_share_one_engine_and_drain_on_sigterm(tiny_model_dir):
@@ -144,3 +128,25 @@ def _parent(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return -1
+
+
+def test_a_long_step_is_not_taken_for_a_hang_but_a_hang_still_is(tiny_model_dir):
+    """A slow model (every token of a step costs 6 ms): a 500-token prefill step runs ~3 s, three times
+    GPT2_STEP_TIMEOUT, and is vouched for by the engine's heartbeats because small steps showed its
+    speed; a small step that hangs is not, and is detected after about GPT2_STEP_TIMEOUT."""
+    server = start_server(model=tiny_model_dir, step_timeout=1.0, max_num_batched_tokens=512)
+    try:
+        server.engine.inject(Fault(token_delay=0.006))
+        http = server.http()
+        assert http.post("/v1/completions", json={"prompt": "x", "max_tokens": 8}).status_code == 200
+        start = time.monotonic()
+        long = http.post("/v1/completions", json={"prompt": [5] * 500, "max_tokens": 2})
+        assert long.status_code == 200 and server.engine.is_alive, long.text
+        assert time.monotonic() - start > 2.5  # it was one long step indeed
+        server.engine.inject(Fault(hang=60))
+        start = time.monotonic()
+        hung = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 8})
+        assert hung.status_code == 503 and hung.json()["error"]["code"] == "engine_dead"
+        assert time.monotonic() - start < 1.0 + 2.0, "the hang was vouched for too long"
+    finally:
+        server.stop()

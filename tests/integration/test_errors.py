@@ -1,11 +1,12 @@
 """Every error a client can cause comes back in OpenAI's shape with the right status; never a 500."""
 
+import re
 import threading
 
 import httpx
 import pytest
 
-from tests.integration.conftest import start_server
+from tests.integration.conftest import start_server, wait_for
 
 MODEL = "tiny-gpt2"
 
@@ -122,8 +123,8 @@ def test_queue_full_is_429_with_retry_after(tiny_model_dir):
             waiting = threading.Thread(target=lambda: done.append(server.http().post("/v1/completions", json={
                 **long, "stream": False, "max_tokens": 5})))
             waiting.start()
-            while server.engine.last_stats is None or server.engine.last_stats.num_waiting == 0:
-                pass  # the second waits in the queue
+            # the second waits in the queue
+            wait_for(lambda: server.engine.last_stats is not None and server.engine.last_stats.num_waiting > 0)
             response = http.post("/v1/completions", json={"prompt": "b"})
             error = assert_error(response, 429, text="capacity")
             assert error["code"] == "queue_full" and int(response.headers["retry-after"]) >= 1
@@ -154,5 +155,7 @@ def test_request_ids_are_honoured_or_made(live):
     assert http.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
     made = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}).headers["x-request-id"]
     assert len(made) == 32
-    assert http.get("/healthz", headers={"X-Request-ID": "bad id\twith junk"}).headers["x-request-id"] != "bad id"
+    junk = "bad id\twith junk"
+    replaced = http.get("/healthz", headers={"X-Request-ID": junk}).headers["x-request-id"]
+    assert replaced != junk and re.fullmatch(r"[0-9a-f]{32}", replaced)  # a new id, not the client's junk
     assert "x-request-id" in http.post("/v1/completions", json={"prompt": ""}).headers

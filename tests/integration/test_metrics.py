@@ -16,6 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.api.auth import Callers
+from app.config import Settings
 from app.engine.protocol import Fault
 from tests.integration.conftest import start_server, wait_for
 
@@ -37,8 +39,10 @@ CONTRACT = {
     "python_gc_collections": "counter", "gpt2_prefill_tokens": "counter", "gpt2_prefix_cache_queried_tokens": "counter",
     "gpt2_prefix_cache_hit_tokens": "counter", "gpt2_prefix_cache_evictions": "counter",
 }
+# key_class: the classes GPT2_API_KEYS names, "default" and "anonymous" (never a key, never an address)
 BOUNDED_LABELS = {"endpoint", "status", "reason", "phase", "le", "model", "device", "dtype", "load_format",
-                  "cuda_graphs", "generation", "implementation", "major", "minor", "patchlevel", "version"}
+                  "cuda_graphs", "generation", "implementation", "major", "minor", "patchlevel", "version",
+                  "key_class"}
 
 
 class Scrape:
@@ -96,6 +100,7 @@ def test_labels_stay_bounded(server):
     s = scrape(server)
     for (name, labels), _ in s.values.items():
         assert {k for k, _ in labels} <= BOUNDED_LABELS, name
+        assert dict(labels).get("key_class", "anonymous") in ("anonymous", "default"), labels  # this server's
         assert "unique-1" not in dict(labels).values()
         assert "with-an-id" not in str(dict(labels).get("endpoint", ""))
     assert s("gpt2_requests_total", endpoint="other", status="404") >= 1
@@ -208,11 +213,11 @@ def test_rejections_by_reason(server):
     assert http.post("/v1/completions", json={"prompt": "x", "max_tokens": 100000}).status_code == 400
     chunked = http.post("/v1/completions", content=iter([b"x" * (state.settings.max_request_bytes + 1)]))
     assert chunked.status_code == 413
-    state.settings.api_keys = ["secret"]
+    callers, state.callers = state.callers, Callers(Settings(api_keys="secret"))
     try:
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 401
     finally:
-        state.settings.api_keys = []
+        state.callers = callers
     engine = server.engine
     engine.capacity, capacity = 0, engine.capacity  # every request finds the engine full
     try:

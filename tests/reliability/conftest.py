@@ -23,7 +23,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Prober:
-    """Hits a URL every `interval` seconds from a thread of its own and keeps the latencies."""
+    """Hits a URL every `interval` seconds from a thread of its own and keeps the latencies (a p99
+    needs a few hundred: check summary()["n"])."""
 
     def __init__(self, url: str, interval: float = 0.02):
         self.url, self.interval = url, interval
@@ -36,7 +37,10 @@ class Prober:
         with httpx.Client(timeout=30) as client:
             while not self._stop.is_set():
                 start = time.perf_counter()
-                self.statuses.append(client.get(self.url).status_code)
+                try:
+                    self.statuses.append(client.get(self.url).status_code)
+                except httpx.HTTPError as exc:  # no answer: counts, with the time it took to fail
+                    self.statuses.append(type(exc).__name__)
                 self.latencies.append(time.perf_counter() - start)
                 self._stop.wait(self.interval)
 
@@ -56,5 +60,6 @@ class Prober:
             time.sleep(0.005)
 
     def summary(self) -> dict:
-        return {"n": len(self.latencies), "p50_ms": statistics.median(self.latencies) * 1e3,
+        return {"n": len(self.latencies), "failed": sum(s != 200 for s in self.statuses),
+                "p50_ms": statistics.median(self.latencies) * 1e3,
                 "p99_ms": percentile(self.latencies, 0.99) * 1e3, "max_ms": max(self.latencies) * 1e3}

@@ -2,9 +2,10 @@
 stays bounded, and /healthz, a running stream and a normal request keep their latency meanwhile.
 
 Bounds (generous: CI machines are small and shared): every case answers within 15 s; the API
-process grows by less than 300 MB over the whole suite; /healthz p99 stays under 250 ms and a
-stream's longest pause under 1 s while the hostile requests run; a normal request's median
-latency stays within 5x its quiet median (+100 ms)."""
+process grows by less than 300 MB over the whole suite; /healthz p99 (over at least 200 probes)
+stays under 250 ms and a stream's longest pause under 1 s while the hostile requests run; a normal
+request's median latency stays within 5x its quiet median (+100 ms). (The attacks of issue 19,
+with tighter bounds: test_attacks.py.)"""
 
 import json
 import random
@@ -53,7 +54,7 @@ CASES = [
     ("sliding window, stride 1, 1279 tokens", "/v1/score",
      {"input": ids(1279), "window": "sliding", "stride": 1}, 400, "stride"),
     ("sliding window, stride 1, 200k tokens", "/v1/score",
-     {"input": ids(200_000), "window": "sliding", "stride": 1}, 400, "stride"),
+     {"input": ids(200_000), "window": "sliding", "stride": 1}, 400, "input"),  # (over the tokens before the stride)
     ("sliding window over 1M-token worth of windows", "/v1/score",
      {"input": ids(150_000), "window": "sliding", "stride": 64}, 400, "input"),
     ("full-vocabulary logit_bias", "/v1/completions",
@@ -66,7 +67,8 @@ CASES = [
     ("400k one-character prompts", "/v1/completions", {"prompt": ["x"] * 400_000}, 400, "prompt"),
     ("prompts x n over a request's share", "/v1/completions", {"prompt": ["hi"] * 100, "n": 16}, 400, "n"),
     ("a 10^30 token id", "/v1/completions", {"prompt": [10**30]}, 400, "prompt"),
-    ("a 10^40 seed", "/v1/completions", {"prompt": "x", "max_tokens": 2, "seed": 10**40}, 200, None),
+    ("a 10^40 seed", "/v1/completions", {"prompt": "x", "max_tokens": 2, "seed": 10**40}, 400, "seed"),
+    ("a 64-bit seed", "/v1/completions", {"prompt": "x", "max_tokens": 2, "seed": 2**64 - 1}, 200, None),
     ("a 10^30 top_k", "/v1/completions", {"prompt": "x", "max_tokens": 2, "top_k": 10**30, "temperature": 1}, 200,
      None),
     ("a 10^30 logit_bias key", "/v1/completions", {"prompt": "x", "logit_bias": {str(10**30): 1}}, 400,
@@ -111,16 +113,18 @@ def test_hostile_requests_are_refused_quickly_and_hurt_nobody(server, tmp_path):
     for w in workers:
         w.start()
     try:
-        with httpx.Client(base_url=url, timeout=60) as http:
-            for name, path, body, status, param in CASES:
-                with Prober(f"{url}/healthz") as prober:
-                    kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(
-                        body, bytes) else {"json": body}
-                    response, seconds = timed(http.post, path, **kwargs)
+        # one prober over all the cases, sent round after round until it has probed a few hundred times
+        # while they ran (refusals are quick: one round lasts a second or two)
+        with httpx.Client(base_url=url, timeout=60) as http, Prober(f"{url}/healthz", 0.01) as prober:
+            for name, path, body, status, param in [case for _ in range(10) for case in CASES]:
+                if len(prober.latencies) >= 250 and len(rows) >= 2 * len(CASES):
+                    break
+                kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(
+                    body, bytes) else {"json": body}
+                response, seconds = timed(http.post, path, **kwargs)
                 error = response.json().get("error") if response.status_code != 200 else None
                 rows.append({"case": name, "status": response.status_code, "seconds": round(seconds, 3),
                              "rss_growth_mb": round((rss(pid) - rss_before) / 2**20, 1),
-                             "healthz_p99_ms": round(prober.summary()["p99_ms"], 1),
                              "param": error and error.get("param"), "code": error and error.get("code")})
                 assert response.status_code == status, (name, response.text[:300])
                 assert "x-request-id" in response.headers
@@ -131,14 +135,14 @@ def test_hostile_requests_are_refused_quickly_and_hurt_nobody(server, tmp_path):
         stop.set()
         for w in workers:
             w.join(120)
-    report = {"cases": rows, "normal_quiet_median_ms": statistics.median(quiet) * 1e3,
+    report = {"cases": rows, "healthz": prober.summary(), "normal_quiet_median_ms": statistics.median(quiet) * 1e3,
               "normal_during_median_ms": statistics.median(during) * 1e3, "normal_during_n": len(during),
               "stream_gap_p99_ms": percentile(gaps, 0.99) * 1e3, "stream_gap_max_ms": max(gaps) * 1e3,
               "rss_before_mb": rss_before / 2**20, "rss_after_mb": rss(pid) / 2**20}
     (tmp_path / "hostile.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     assert all(row["seconds"] < 15 for row in rows), rows
-    assert all(row["healthz_p99_ms"] < 250 for row in rows), rows
+    assert report["healthz"]["n"] >= 200 and report["healthz"]["p99_ms"] < 250, report["healthz"]
     assert report["rss_after_mb"] - report["rss_before_mb"] < 300
     assert max(gaps) < 1.0, report
     assert report["normal_during_median_ms"] < 5 * report["normal_quiet_median_ms"] + 100, report

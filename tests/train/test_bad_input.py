@@ -3,6 +3,7 @@
 Each case is a real `gpt2-serve train` process (so no library warning or traceback can hide in
 the captured output); the cases run side by side to keep the whole file to a few seconds."""
 
+import os
 import subprocess
 
 import pytest
@@ -64,3 +65,18 @@ def test_nothing_is_written_on_bad_input(outcomes):
     work = outcomes["work"]
     assert sorted(p.name for p in (work / "taken").iterdir()) == ["keep.txt"]
     assert not any(p.name.startswith("out-") for p in work.iterdir())
+
+
+def test_without_the_train_extra_the_command_says_what_to_install_in_one_line(tmp_path, train_command):
+    site = tmp_path / "site"
+    site.mkdir()
+    # as if `datasets` (from the train extra) were not installed
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['datasets'] = None\n")
+    (tmp_path / "ok.txt").write_text("Some text to train on. " * 50)
+    argv, env = train_command(tmp_path / "ok.txt", "-o", tmp_path / "out", *TINY,
+                              env={"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"})
+    proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "needs the 'train' extra" in lines[0] and "pip install 'gpt2-serve[train]'" in lines[0]
+    assert "Traceback" not in proc.stderr

@@ -30,7 +30,13 @@ def test_the_page_is_served_at_ui_and_linked_from_the_root():
     assert script.headers["x-content-type-options"] == "nosniff"
     missing = http.get("/ui/no-such-file.js")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
-    assert http.get("/ui/../config.py").status_code == 404
+    # a traversal, percent-encoded so that the client sends it as is (it would normalise "/ui/../")
+    # and the server decodes it to /ui/../config.py; an in-directory path written the same way is
+    # served, which shows the path reached the server undecoded by the client
+    escape = http.get("/ui/%2e%2e/config.py")
+    assert escape.status_code == 404 and escape.json()["error"]["type"] == "not_found_error"
+    assert http.get("/ui/%2e%2e/%2e%2e/app/config.py").status_code == 404
+    assert http.get("/ui/%2e%2e/ui/main.js").status_code == 200
 
 
 def test_every_file_the_page_loads_is_in_app_ui_and_nothing_comes_from_elsewhere():
