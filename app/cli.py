@@ -6,13 +6,19 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from app.calibrate import calibrate
 from app.config import Settings
+from app.connection import connect
+from app.detect.calibrate import calibrate
 from app.logs import configure_logging
 
 cli = typer.Typer(help="gpt2-serve: GPT-2 completions and scoring behind one continuous-batching engine. "
                   "Every setting is a GPT2_* environment variable (see docs/deploy.md).", no_args_is_help=True)
 log = logging.getLogger("app.cli")
+
+
+@cli.callback()
+def share_connection(ctx: typer.Context) -> None:
+    ctx.obj = connect  # how calibrate and train-detector reach a server, so that app/detect never imports the app
 
 
 def load_settings() -> Settings:

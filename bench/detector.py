@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from app.calibrate import auroc  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.detect.features import FEATURE_NAMES  # noqa: E402
 from app.detect.judge import Judge, ModelIdentity, load  # noqa: E402
 from app.detect.report import separation  # noqa: E402
+from app.detect.separation import auroc  # noqa: E402
 
 
 # --- throughput ------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ model's per-token scores, report how well it does on held-out texts, and save it
     gpt2-serve train-detector --human corpus/ --generate 1000 --out judges/demo [--url http://host:8000]
 
 Texts are scored through POST /v1/score (and generated through POST /v1/completions) on the
-server at --url or, without it, on the same app built in-process from the GPT2_* settings
-(app.calibrate.score_client). The output directory holds judge.json (what the server loads),
-report.json and report.md (the figures), roc.png, and dataset.jsonl (the texts and their split).
+server at --url or, without it, on the same app built in-process from the GPT2_* settings: the
+command line hands this command its way to a server (app/connection.py, as ctx.obj). The output
+directory holds judge.json (what the server loads), report.json and report.md (the figures),
+roc.png, and dataset.jsonl (the texts and their split).
 """
 
 import sys
@@ -16,7 +17,6 @@ from typing import Annotated
 import httpx
 import typer
 
-from app.calibrate import score_client, score_texts
 from app.detect import data
 from app.detect.data import HUMAN, MACHINE, DataError, Example
 from app.detect.judge import JudgeError, ModelIdentity
@@ -38,6 +38,7 @@ def progress(total: int, what: str):
 
 
 def train_detector(
+    ctx: typer.Context,
     human: Annotated[list[Path], typer.Option(help="Human-written texts: a file (one text per line, or .jsonl), or "
                                               "a directory (each .txt/.md file one text; .jsonl files per line). "
                                               "Repeat the option for several.")],
@@ -99,8 +100,9 @@ def train_detector(
     options = {"max_tokens": max_tokens, "min_tokens": min_tokens, "chunk": chunk, "prompt_tokens": prompt_tokens,
                "decodings": decodings if generate else [], "test_fraction": test_fraction, "seed": seed}
     try:
-        judge, figures = run(url, api_key, timeout, human_texts, machine_texts, generate, decodings, options,
-                             name or out.resolve().name, threshold, fpr, batch_size, workers, check_limits)
+        with ctx.obj(url, api_key, timeout, detector=None) as client:
+            judge, figures = run(client, human_texts, machine_texts, generate, decodings, options,
+                                 name or out.resolve().name, threshold, fpr, batch_size, workers, check_limits)
     except typer.Exit:  # a bad input found on the way (a RuntimeError too, for click)
         raise
     except (RuntimeError, httpx.HTTPError) as exc:  # the server failed us, not the input
@@ -114,33 +116,31 @@ def train_detector(
     return figures.report
 
 
-def run(url: str | None, api_key: str | None, timeout: float, human_texts: list[str], machine_texts: list[str],
-        generate: int, decodings: list[str], options: dict, name: str, threshold: float | None, fpr: float,
-        batch_size: int, workers: int, check_limits: bool):
+def run(client, human_texts: list[str], machine_texts: list[str], generate: int, decodings: list[str],
+        options: dict, name: str, threshold: float | None, fpr: float, batch_size: int, workers: int,
+        check_limits: bool):
     """Score (and generate) through the API, then train and evaluate: (judge, figures)."""
     max_tokens, min_tokens = options["max_tokens"], options["min_tokens"]
-    with score_client(url, api_key, timeout, detector=None) as client:
-        card = data.served_model(client)
-        identity = ModelIdentity(card["id"], card["root"], card["num_parameters"], card["load_format"])
-        examples, human_ids = read_examples(client, human_texts, machine_texts, max_tokens, min_tokens,
-                                            options["chunk"])
-        if generate and human_ids:
-            with progress(generate, "generating") as bar:
-                examples += data.generate(client, human_ids, generate, decodings, options["prompt_tokens"],
-                                          options["seed"], workers, bar.update, card["max_model_len"])
-        for label, what in ((HUMAN, "human"), (MACHINE, "machine")):
-            count = sum(e.label == label for e in examples)
-            if count < MIN_PER_CLASS:
-                fail(f"only {count} {what} texts of at least {min_tokens} tokens; a judge needs {MIN_PER_CLASS} "
-                     "or more of each (a few hundred for figures worth reading)")
-        with progress(len(examples), "scoring") as bar:
-            results = score_texts(client, [e.text for e in examples], batch_size, return_tokens=True,
-                                  progress=bar.update)
-        try:
-            return train_and_report(client, examples, results, identity, name, threshold, fpr, options, batch_size,
-                                    check_limits)
-        except (JudgeError, ValueError) as exc:
-            fail(str(exc))
+    card = data.served_model(client)
+    identity = ModelIdentity(card["id"], card["root"], card["num_parameters"], card["load_format"])
+    examples, human_ids = read_examples(client, human_texts, machine_texts, max_tokens, min_tokens, options["chunk"])
+    if generate and human_ids:
+        with progress(generate, "generating") as bar:
+            examples += data.generate(client, human_ids, generate, decodings, options["prompt_tokens"],
+                                      options["seed"], workers, bar.update, card["max_model_len"])
+    for label, what in ((HUMAN, "human"), (MACHINE, "machine")):
+        count = sum(e.label == label for e in examples)
+        if count < MIN_PER_CLASS:
+            fail(f"only {count} {what} texts of at least {min_tokens} tokens; a judge needs {MIN_PER_CLASS} "
+                 "or more of each (a few hundred for figures worth reading)")
+    with progress(len(examples), "scoring") as bar:
+        results = data.score_texts(client, [e.text for e in examples], batch_size, return_tokens=True,
+                                   progress=bar.update)
+    try:
+        return train_and_report(client, examples, results, identity, name, threshold, fpr, options, batch_size,
+                                check_limits)
+    except (JudgeError, ValueError) as exc:
+        fail(str(exc))
 
 
 def read_examples(client, human: list[str], machine: list[str], max_tokens: int, min_tokens: int,

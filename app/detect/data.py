@@ -1,6 +1,7 @@
-"""The judge's training data: human texts from files, machine texts from files or sampled by the
-served model itself, everything through the public HTTP API (a server at --url, or the same app
-in-process: app.calibrate.score_client).
+"""Texts from files and their scores through the public HTTP API, for `calibrate` and for the
+judge's training data: human texts from files, machine texts from files or sampled by the served
+model itself. `client` is whatever the command line handed the command (app/connection.py): an
+httpx client of a server at --url, or of the same app in-process.
 
 Human and machine texts are cut to the same token budget so that length does not give the label
 away; a generated text starts with the first tokens of a human text (its prompt) and runs to that
@@ -13,8 +14,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-from app.calibrate import read_texts
 
 HUMAN, MACHINE = 0, 1
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -40,6 +39,31 @@ class Example:
     label: int  # HUMAN or MACHINE
     source: str  # "human", "file" (from --machine) or the decoding setting that generated it
     group: int  # examples sharing a group stay on the same side of the split
+
+
+def read_texts(path: Path, field: str = "text") -> list[str]:
+    """One text per line; or, for a .jsonl/.ndjson file, one JSON string or object (its `field`)
+    per line. Blank lines are skipped."""
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            texts.append(line)
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc})") from exc
+        if isinstance(value, dict):
+            if field not in value:
+                raise ValueError(f"{path}:{number}: no {field!r} key in the JSON object")
+            value = value[field]
+        if not isinstance(value, str):
+            raise ValueError(f"{path}:{number}: expected a string or an object with {field!r}")
+        texts.append(value)
+    return texts
 
 
 def collect_texts(paths: list[Path], field: str = "text") -> list[str]:
@@ -85,6 +109,19 @@ def _post(client, path: str, body: dict) -> dict:
     if response.status_code != 200:
         raise RuntimeError(f"POST {path} answered {response.status_code}: {response.text[:500]}")
     return response.json()
+
+
+def score_texts(client, texts: list[str], batch_size: int, return_tokens: bool = False,
+                progress: Callable[[int], object] | None = None) -> list[dict]:
+    """The /v1/score result of every text (sliding window for long ones; numbers only unless
+    `return_tokens`). `progress(n)` is called after each batch of n texts."""
+    results = []
+    for start in range(0, len(texts), batch_size):
+        body = {"input": texts[start : start + batch_size], "return_tokens": return_tokens, "window": "sliding"}
+        results += _post(client, "/v1/score", body)["data"]
+        if progress is not None:
+            progress(len(body["input"]))
+    return results
 
 
 def served_model(client) -> dict:

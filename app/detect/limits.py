@@ -6,8 +6,7 @@ import random
 
 import numpy as np
 
-from app.calibrate import score_texts
-from app.detect.data import cut
+from app.detect.data import cut, score_texts
 from app.detect.features import from_result
 from app.detect.judge import Judge
 from app.detect.report import at_threshold, separation

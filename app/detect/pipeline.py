@@ -11,6 +11,7 @@ from app.detect import limits, report
 from app.detect.data import HUMAN, MACHINE, Example, write_dataset
 from app.detect.features import from_result
 from app.detect.judge import Judge, ModelIdentity
+from app.detect.separation import plot_roc
 from app.detect.train import fit, split
 
 
@@ -29,8 +30,9 @@ class Figures:
         (out / "report.json").write_text(json.dumps(self.report, indent=1) + "\n", encoding="utf-8")
         (out / "report.md").write_text(report.markdown(self.report), encoding="utf-8")
         write_dataset(out / "dataset.jsonl", self.examples, self.test.tolist(), self.features.tolist())
-        report.plot(out / "roc.png", self.probabilities, self.labels, self.human_results, self.machine_results,
-                    f"Held-out ROC: judge {self.report['name']!r} vs zero-shot statistics")
+        p, y = self.probabilities, self.labels
+        plot_roc(out / "roc.png", f"Held-out ROC: judge {self.report['name']!r} vs zero-shot statistics",
+                 self.human_results, self.machine_results, judge=(p[y == 1], p[y == 0]), mark_fpr=report.LOW_FPR)
 
     def summary(self) -> str:
         r = self.report

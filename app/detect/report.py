@@ -1,28 +1,26 @@
 """How good a judge is, on held-out texts: AUROC and TPR at 1% FPR, next to every single zero-shot
-statistic, per decoding setting, and calibration; as a dict (report.json), Markdown and a ROC plot.
+statistic, per decoding setting, and calibration; as a dict (report.json) and Markdown.
 
-Machine texts are the positives throughout (app.calibrate's conventions): AUROC is the chance that
+Machine texts are the positives throughout (separation.py's conventions): AUROC is the chance that
 a random machine text looks more machine-like than a random human one; TPR at 1% FPR is the share
 of machine texts caught by the threshold that flags at most 1% of the human texts.
 """
 
-from pathlib import Path
-
 import numpy as np
 
-from app.calibrate import STATISTICS, auroc, evaluate, roc_curve, threshold_at_fpr
+from app.detect.separation import auroc, evaluate, flagged, threshold_at_fpr
 
 LOW_FPR = 0.01
 
 
 def separation(machine: np.ndarray, human: np.ndarray) -> dict:
     """AUROC and TPR at 1% FPR of scores where higher means machine."""
-    return {"auroc": auroc(machine, human), "tpr_at_1pct_fpr": threshold_at_fpr(machine, human, LOW_FPR)[2],
+    return {"auroc": auroc(machine, human), "tpr_at_1pct_fpr": flagged(machine, threshold_at_fpr(human, LOW_FPR)),
             "num_machine": int(len(machine)), "num_human": int(len(human))}
 
 
 def statistics(human: list[dict], machine: list[dict]) -> dict:
-    """Each zero-shot statistic's separation (its usual direction, from app.calibrate)."""
+    """Each zero-shot statistic's separation (in its usual direction)."""
     return {r.statistic: {"auroc": r.auroc, "tpr_at_1pct_fpr": r.tpr} for r in evaluate(human, machine, LOW_FPR)}
 
 
@@ -37,39 +35,12 @@ def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
 
 def at_threshold(p: np.ndarray, y: np.ndarray, threshold: float) -> dict:
     """What the verdict does on these texts: the shares of human (FPR) and machine (TPR) texts flagged."""
-    return {"threshold": threshold, "fpr": float(np.mean(p[y == 0] >= threshold)),
-            "tpr": float(np.mean(p[y == 1] >= threshold))}
+    return {"threshold": threshold, "fpr": flagged(p[y == 0], threshold), "tpr": flagged(p[y == 1], threshold)}
 
 
 def best_statistic(stats: dict) -> tuple[str, dict]:
     name = max(stats, key=lambda s: stats[s]["auroc"])
     return name, stats[name]
-
-
-def plot(path: Path, p: np.ndarray, y: np.ndarray, human: list[dict], machine: list[dict], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 6))
-    fpr, tpr = roc_curve(p[y == 1], p[y == 0])
-    ax.plot(fpr, tpr, color="black", linewidth=2.2, label=f"judge (AUROC {auroc(p[y == 1], p[y == 0]):.3f})")
-    for stat in STATISTICS:
-        sign = 1.0 if stat.higher_is_machine else -1.0
-        h = np.array([sign * v for v in map(stat.get, human) if v is not None])
-        m = np.array([sign * v for v in map(stat.get, machine) if v is not None])
-        if len(h) and len(m):
-            fpr, tpr = roc_curve(m, h)
-            ax.plot(fpr, tpr, linewidth=1, label=f"{stat.name} (AUROC {auroc(m, h):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.axvline(LOW_FPR, color="grey", linestyle="--", linewidth=0.8)
-    ax.set(xlabel="false-positive rate (human texts flagged)", ylabel="true-positive rate (machine texts flagged)",
-           title=title, xlim=(0, 1), ylim=(0, 1))
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def markdown(report: dict) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 
 from app.detect.features import FEATURE_NAMES
 from app.detect.judge import Judge, ModelIdentity
+from app.detect.separation import threshold_at_fpr
 
 FOLDS = 5
 CS = np.logspace(-3, 2, 11)
@@ -52,17 +53,8 @@ def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, name: str, model: Mode
     if threshold is None:
         a, b = judge.calibration
         human = 0.5 * (1.0 + np.tanh(0.5 * (a * out_of_fold[y == 0] + b)))
-        judge.threshold = threshold_for_fpr(human, fpr)
+        judge.threshold = threshold_at_fpr(human, fpr)
     return judge
-
-
-def threshold_for_fpr(human_probabilities: np.ndarray, fpr: float) -> float:
-    """The lowest threshold t for `p >= t` that flags at most `fpr` of these human texts."""
-    ordered = np.sort(human_probabilities)[::-1]
-    allowed = int(np.floor(fpr * len(ordered) + 1e-9))
-    if allowed >= len(ordered):
-        return 0.0
-    return float(np.nextafter(ordered[allowed], np.inf))
 
 
 def split(y: np.ndarray, groups: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:

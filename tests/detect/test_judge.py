@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from app.calibrate import auroc
 from app.detect.features import FEATURE_NAMES
 from app.detect.judge import JudgeError, ModelIdentity, load, load_judge
-from app.detect.train import fit, split, threshold_for_fpr
+from app.detect.separation import auroc
+from app.detect.train import fit, split
 
 MODEL = ModelIdentity(name="tiny", source="/models/tiny", num_parameters=1000, load_format="auto")
 
@@ -94,13 +94,6 @@ def test_unreadable_judges_are_refused_with_the_reason(tmp_path, judge):
         load(tmp_path)
 
 
-def test_threshold_for_fpr_flags_at_most_that_share():
-    human = np.linspace(0.0, 0.99, 100)
-    t = threshold_for_fpr(human, 0.05)
-    assert np.mean(human >= t) == 0.05
-    assert threshold_for_fpr(human, 0.0) > human.max()
-
-
 def test_split_keeps_groups_together_and_both_classes_on_each_side():
     y = np.array([0, 1] * 50)
     groups = np.repeat(np.arange(50), 2)  # a human text and the machine text it prompted
@@ -115,8 +108,8 @@ def test_fit_refuses_one_class():
         fit(x[y == 0], y[y == 0], groups[y == 0], "x", MODEL)
 
 
-def test_serving_does_not_import_scikit_learn():
-    code = ("import sys, app.main, app.api.score, app.detect.judge, app.detect.features; "
+def test_serving_and_calibrate_do_not_import_scikit_learn():
+    code = ("import sys, app.main, app.api.score, app.detect.judge, app.detect.features, app.detect.calibrate; "
             "print('sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

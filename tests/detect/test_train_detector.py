@@ -11,12 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from app.calibrate import auroc
 from app.cli import cli
 from app.config import Settings
 from app.detect.data import cut, read_dataset
 from app.detect.features import from_result
 from app.detect.judge import JudgeError, load
+from app.detect.separation import auroc
 from app.main import create_app
 from app.model.loader import PACKAGED_TOKENIZER
 from tests.conftest import make_hf_model

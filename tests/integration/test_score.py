@@ -13,7 +13,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from app.calibrate import calibrate
 from app.cli import cli
 from app.scoring import plan_windows
 from tests.integration.conftest import wait_for
@@ -415,11 +414,14 @@ def test_calibrate_in_process_gives_the_servers_numbers(live, labelled_files, ti
     monkeypatch.setenv("GPT2_MODEL", tiny_model_dir)
     monkeypatch.setenv("GPT2_MAX_BATCH_SIZE", "8")
     monkeypatch.setenv("GPT2_METRICS", "false")
-    local = calibrate(human, machine, fpr=0.1)
-    remote = calibrate(human, machine, url=live.url, fpr=0.1)
-    assert [r.statistic for r in local] == [r.statistic for r in remote]
+    args = ["calibrate", "--human", str(human), "--machine", str(machine), "--fpr", "0.1", "--json"]
+    local, remote = CliRunner().invoke(cli, args), CliRunner().invoke(cli, [*args, "--url", live.url])
+    assert local.exit_code == 0 and remote.exit_code == 0, local.output + remote.output
+    local, remote = json.loads(local.stdout), json.loads(remote.stdout)
+    assert [r["statistic"] for r in local] == [r["statistic"] for r in remote]
     for a, b in zip(local, remote, strict=True):
-        assert a.auroc == pytest.approx(b.auroc, abs=1e-9) and a.threshold == pytest.approx(b.threshold, abs=1e-3)
+        assert a["auroc"] == pytest.approx(b["auroc"], abs=1e-9)
+        assert a["threshold"] == pytest.approx(b["threshold"], abs=1e-3)
 
 
 def test_calibrate_plot_needs_matplotlib(live, labelled_files):

@@ -62,6 +62,13 @@ def test_the_engine_client_is_the_only_door():
     assert offenders(files, ENGINE_INSIDES) == []
 
 
+def test_the_judges_tools_never_import_the_app_they_call():
+    """app/detect reaches a server only through the client the command line hands it (app/connection.py)."""
+    files = list((APP / "detect").rglob("*.py"))
+    assert len(files) >= 10
+    assert offenders(files, ("app.main", "app.api", "app.cli", "app.server", "app.connection")) == []
+
+
 def test_metrics_know_nothing_of_the_http_layer():
     assert offenders([APP / "metrics.py"], ("app.api", "fastapi", "starlette")) == []
 
