@@ -31,9 +31,9 @@ def connect(url: str | None, api_key: str | None, timeout: float, **overrides) -
         headers = {"Authorization": f"Bearer {settings.api_keys[0]}"}
     app = create_app(settings)
     with TestClient(app, headers=headers) as client:  # runs the lifespan: loads the model
-        state = app.state.gpt2
-        while not state.ready:
-            if state.load_error is not None:
-                raise RuntimeError(f"the model failed to load: {state.load_error}")
+        lifecycle = app.state.gpt2.lifecycle
+        while not lifecycle.is_ready:
+            if lifecycle.error is not None:
+                raise RuntimeError(f"the model failed to load: {lifecycle.error}")
             time.sleep(0.1)
         yield client

@@ -20,12 +20,14 @@ from app.api import completions, embeddings, health, models, score, tokenize
 from app.api.context import RequestContextMiddleware
 from app.api.deps import AppState, check_api_key
 from app.api.errors import install_error_handlers
+from app.api.lifecycle import drain_on_signals
 from app.api.observability import install_metrics
 from app.api.ui import install_ui
 from app.config import Settings
 from app.detect.judge import load_judge
 from app.engine.admission import Admission
 from app.engine.client import EngineHandle
+from app.logs import configure_logging
 from app.service import Service, connect_engine, load_tokenizer, start_engine
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,12 @@ ERRORS = {400: {"description": "invalid request (the message names the field)"},
 
 
 def create_app(settings: Settings | None = None, engine: EngineHandle | None = None) -> FastAPI:
-    """The app; its lifespan starts an engine process of its own, or connects to `engine`."""
-    settings = settings or Settings()
+    """The app; its lifespan starts an engine process of its own, or connects to `engine`. Called
+    with no settings, as a server's factory (`uvicorn --factory app.main:create_app`, gunicorn), it
+    reads GPT2_* and sets up the logs as `gpt2-serve serve` does (else the request log is lost)."""
+    if settings is None:
+        settings = Settings()
+        configure_logging(settings)
     public_docs = settings.docs == "public"
     app = FastAPI(title="gpt2-serve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs" if public_docs else None, openapi_url="/openapi.json" if public_docs else None)
@@ -85,6 +91,7 @@ def install_guarded_docs(app: FastAPI, dependencies: list) -> None:
 async def lifespan(app: FastAPI):
     state: AppState = app.state.gpt2
     handle, loading = app.state.engine_handle, None
+    drain_on_signals(state.lifecycle)  # SIGTERM drains first, however the app is run (lifecycle.py)
     state.parser.start()  # its process, before the first large body
     if handle is None:  # load in the background: /healthz answers while the model loads
         loading = asyncio.create_task(load_service(state, None))
@@ -119,13 +126,12 @@ async def load_service(state: AppState, handle: EngineHandle | None) -> None:
     except Exception as exc:
         if engine is not None:
             await engine.shutdown()
-        state.load_error = exc
         log.critical("start-up failed: %s", exc, exc_info=not isinstance(exc, (OSError, RuntimeError)))
-        if state.on_fatal is not None:
-            state.on_fatal()
+        state.lifecycle.failed(exc)
         return
-    engine.death_listeners.append(state.engine_died)
+    engine.death_listeners.append(state.lifecycle.engine_died)
     state.service = Service(settings, engine.info, tokenizer, engine, judge)
+    state.lifecycle.ready(engine)
     for hook in state.on_ready:
         hook(state.service)
     # everything made so far lives as long as the server: keep the garbage collector from walking

@@ -33,6 +33,7 @@ from multiprocessing.connection import wait
 
 import uvicorn
 
+from app.api.lifecycle import Phase
 from app.config import Settings
 from app.engine.admission import ShareTable
 from app.engine.client import EngineHandle, EngineProcess
@@ -44,35 +45,27 @@ RESTART_WINDOW = 60.0
 ENGINE_DEATH_EXIT = 10.0  # seconds API processes get to answer and exit after the engine died
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn, except that the first SIGTERM/SIGINT drains: /readyz turns 503, new requests get
-    503, idle connections close and bodies still arriving are cut (503) at once, admitted requests
-    (streams included) finish within GPT2_DRAIN_TIMEOUT, then the server exits. A second signal
-    exits at once. Also: requests on connections over GPT2_MAX_CONNECTIONS get an OpenAI-shaped
-    503 (RequestContextMiddleware), and a connection whose request headers have not all arrived
-    within GPT2_READ_TIMEOUT is closed (uvicorn has no deadline for them)."""
+class Server(uvicorn.Server):
+    """uvicorn, plus what needs its internals (the drain itself is the app's: app/api/lifecycle.py):
+    idle keep-alive connections closed as soon as a drain starts, an exit (code 0 after a clean
+    drain) without re-raising the signal, the count of open connections for GPT2_MAX_CONNECTIONS'
+    OpenAI-shaped 503 (RequestContextMiddleware), and a connection whose request headers have not
+    all arrived within GPT2_READ_TIMEOUT closed (uvicorn has no deadline for them)."""
 
     def __init__(self, config: uvicorn.Config, app_state):
         super().__init__(config)
-        self.app_state = app_state
-        self.loop: asyncio.AbstractEventLoop | None = None
+        lifecycle = app_state.lifecycle
+        lifecycle.stop = lambda: setattr(self, "should_exit", True)
+        lifecycle.on_drain.append(self._close_idle_connections)
         app_state.open_connections = lambda: len(self.server_state.connections)
+        self.read_timeout = app_state.settings.read_timeout
 
     async def serve(self, sockets=None) -> None:
-        self.loop = asyncio.get_running_loop()
-        watcher = self.loop.create_task(self._close_slow_headers())
+        watcher = asyncio.get_running_loop().create_task(self._close_slow_headers())
         try:
             await super().serve(sockets)
         finally:
             watcher.cancel()
-
-    def handle_exit(self, sig: int, frame) -> None:
-        if self.app_state.draining or self.loop is None or self.app_state.service is None:
-            return super().handle_exit(sig, frame)
-        self.app_state.draining = True
-        log.info("signal %s: draining (up to %.0f s) before exit", signal.Signals(sig).name,
-                 self.app_state.settings.drain_timeout)
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._drain()))
 
     def _close_idle_connections(self) -> None:
         """Close connections between requests now; the others close once their response is sent."""
@@ -80,7 +73,7 @@ class DrainingServer(uvicorn.Server):
             connection.shutdown()
 
     async def _close_slow_headers(self) -> None:
-        timeout = self.app_state.settings.read_timeout
+        timeout = self.read_timeout
         waiting: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # connection -> (its cycle, since)
         while True:
             await asyncio.sleep(min(1.0, timeout / 20))  # (a connection is closed within 10% of its deadline)
@@ -96,20 +89,6 @@ class DrainingServer(uvicorn.Server):
                         connection.transport.close()
                 else:
                     waiting.pop(connection, None)
-
-    async def _drain(self) -> None:
-        self.app_state.start_drain()
-        self._close_idle_connections()
-        deadline = time.monotonic() + self.app_state.settings.drain_timeout
-        engine = self.app_state.service.engine
-        while (self.app_state.in_flight or engine.num_unfinished) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.app_state.in_flight or engine.num_unfinished:
-            log.warning("drain timeout: %d requests still running are cut off", self.app_state.in_flight)
-        else:
-            log.info("drained: every admitted request has finished")
-        self.should_exit = True
-
 
 def serve(settings: Settings) -> None:
     """Serve until SIGTERM, then drain. Exits 1 if the model could not be loaded or the engine died."""
@@ -127,13 +106,11 @@ def run_api_server(settings: Settings, handle: EngineHandle | None = None, sock:
 
         configure_logging(settings)
     app = create_app(settings, handle)
-    state = app.state.gpt2
+    lifecycle = app.state.gpt2.lifecycle
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="on", timeout_keep_alive=settings.keep_alive_timeout)
-    server = DrainingServer(config, state)
-    state.on_fatal = lambda: setattr(server, "should_exit", True)
-    server.run(sockets=None if sock is None else [sock])
-    return 1 if state.load_error is not None or state.engine_error is not None else 0
+    Server(config, app.state.gpt2).run(sockets=None if sock is None else [sock])
+    return 1 if lifecycle.phase in (Phase.FAILED, Phase.ENGINE_DEAD) else 0
 
 
 def supervise(settings: Settings) -> int:

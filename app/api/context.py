@@ -31,7 +31,7 @@ class RequestContextMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        state, settings = self.state, self.state.settings
+        state, settings, lifecycle = self.state, self.state.settings, self.state.lifecycle
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
@@ -81,17 +81,17 @@ class RequestContextMiddleware:
             nonlocal received, body_done
             if body_done:  # what follows the body is the disconnect, which may take the whole response
                 return await receive()
-            if state.draining:
+            if lifecycle.draining:
                 raise cut_by_drain()
             try:  # one deadline for the whole body, not one per read: a client dripping it is cut off
                 async with asyncio.timeout_at(deadline) as timeout:
-                    state.body_reads.add(timeout)
+                    lifecycle.body_reads.add(timeout)
                     try:
                         message = await receive()
                     finally:
-                        state.body_reads.discard(timeout)
+                        lifecycle.body_reads.discard(timeout)
             except TimeoutError:
-                if state.draining:  # start_drain() moved the deadline to now
+                if lifecycle.draining:  # begin_drain() moved the deadline to now
                     raise cut_by_drain() from None
                 raise APIError(408, f"the request body did not arrive within {settings.read_timeout:g} s "
                                "(GPT2_READ_TIMEOUT)", code="read_timeout", headers=CLOSE) from None
@@ -102,7 +102,7 @@ class RequestContextMiddleware:
                                code="body_too_large", headers=CLOSE)
             return message
 
-        state.in_flight += 1
+        lifecycle.in_flight += 1
         if counted:
             state.count_request(caller.tenant.slot, 1)
         try:
@@ -116,7 +116,7 @@ class RequestContextMiddleware:
             await answer(500, f"internal server error; request id {request_id} (also in X-Request-ID) finds it "
                          "in the server's log", "internal_error")
         finally:
-            state.in_flight -= 1
+            lifecycle.in_flight -= 1
             if counted:
                 state.count_request(caller.tenant.slot, -1)
 

@@ -1,4 +1,4 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes: what each answers in each phase is app/api/lifecycle.py's table."""
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -9,24 +9,17 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness: the process serves HTTP and its engine is alive (or loading)",
-            responses={503: {"description": "the engine process died or stopped answering: restart the pod"}})
+            responses={503: {"description": "the engine process died or stopped answering, or the model failed "
+                                            "to load: restart the pod"}})
 async def healthz(state: StateDep) -> JSONResponse:
-    if state.engine_error is not None:
-        return JSONResponse({"status": "engine dead", "reason": state.engine_error}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    status, body = state.lifecycle.probe("live")
+    return JSONResponse(body, status_code=status)
 
 
 @router.get("/readyz", summary="Readiness: model loaded, warmed up, engine alive, not draining",
-            responses={503: {"description": "loading, draining, or the engine died"}})
+            responses={503: {"description": "loading, draining, failed, or the engine died"}})
 async def readyz(state: StateDep) -> JSONResponse:
-    if state.ready:
-        return JSONResponse({"status": "ready", "model": state.service.info.name})
-    if state.draining:
-        status = "draining"
-    elif state.load_error is not None:
-        status = "failed"
-    elif state.service is None:
-        status = "loading"
-    else:
-        status = "engine dead"
-    return JSONResponse({"status": status}, status_code=503)
+    status, body = state.lifecycle.probe("ready")
+    if status == 200:
+        body["model"] = state.service.info.name
+    return JSONResponse(body, status_code=status)

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from app.api.lifecycle import Phase
 from app.cli import cli
 from app.config import Settings
 from app.detect.data import cut, read_dataset
@@ -108,10 +109,11 @@ def test_a_server_refuses_a_judge_trained_on_another_model(trained, tmp_path):
     with TestClient(app):  # runs the lifespan: loads the model, then the judge
         state = app.state.gpt2
         deadline = time.monotonic() + 60
-        while state.load_error is None and state.service is None and time.monotonic() < deadline:
+        while state.lifecycle.phase is Phase.LOADING and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert isinstance(state.load_error, JudgeError) and state.service is None
-    message = str(state.load_error)
+    assert state.lifecycle.phase is Phase.FAILED and isinstance(state.lifecycle.error, JudgeError)
+    assert state.service is None
+    message = str(state.lifecycle.error)
     assert "was trained on the scores of model" in message and "parameter count" in message
 
 

@@ -51,9 +51,9 @@ def wait_for(condition, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def spawn(env: dict[str, str]) -> subprocess.Popen:
-    """`gpt2-serve serve` as a process of its own (its output in .stdout)."""
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env={**os.environ, **env},
+def spawn(env: dict[str, str], command: tuple[str, ...] = ("app.cli", "serve")) -> subprocess.Popen:
+    """`gpt2-serve serve` (or another `python -m` command) as a process of its own (its output in .stdout)."""
+    return subprocess.Popen([sys.executable, "-m", *command], env={**os.environ, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

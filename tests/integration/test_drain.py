@@ -115,3 +115,36 @@ def test_sigterm_closes_idle_connections_and_cuts_bodies_still_arriving_at_once(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_plain_uvicorn_drains_on_sigterm_too(tiny_model_dir):
+    """The drain is the app's (app/api/lifecycle.py), not our server's: under `uvicorn --factory
+    app.main:create_app` a SIGTERM still refuses new requests with 503 and lets a running stream finish."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn({"GPT2_MODEL": tiny_model_dir, "GPT2_LOG_FORMAT": "text", "GPT2_DRAIN_TIMEOUT": "60"},
+                 ("uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1", "--port", str(port)))
+    try:
+        wait_ready(url, proc)
+        events = []
+
+        def stream() -> None:
+            body = {"prompt": "go", "max_tokens": 480, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+                events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+        streaming = threading.Thread(target=stream)
+        streaming.start()
+        wait_for(lambda: len(events) > 2)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        late = httpx.post(f"{url}/v1/completions", json={"prompt": "late"}, timeout=10)
+        assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
+        streaming.join(60)
+        assert events[-1] == "data: [DONE]" and len(events) > 400
+        assert proc.wait(60) == -signal.SIGTERM  # uvicorn re-raises the signal once the drain has let it exit
+        assert "drained" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -6,6 +6,7 @@ import threading
 import httpx
 import pytest
 
+from app.api.lifecycle import Phase
 from tests.integration.conftest import start_server, wait_for
 
 MODEL = "tiny-gpt2"
@@ -94,21 +95,21 @@ def test_an_oversized_body_is_413(live):
 
 
 def test_draining_and_not_ready_are_503(live):
-    state = live.state
-    state.draining = True
+    lifecycle = live.state.lifecycle
+    lifecycle.phase = Phase.DRAINING
     try:
         assert_error(live.http().post("/v1/completions", json={"prompt": "x"}), 503, text="shutting down")
         assert live.http().get("/readyz").status_code == 503
         assert live.http().get("/healthz").status_code == 200
     finally:
-        state.draining = False
-    service, state.service = state.service, None
+        lifecycle.phase = Phase.READY
+    lifecycle.phase = Phase.LOADING
     try:
         error = assert_error(live.http().post("/v1/completions", json={"prompt": "x"}), 503, text="not ready")
         assert error["code"] == "not_ready"
         assert live.http().get("/readyz").json() == {"status": "loading"}
     finally:
-        state.service = service
+        lifecycle.phase = Phase.READY
     assert live.http().get("/readyz").status_code == 200
 
 

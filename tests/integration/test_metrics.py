@@ -17,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.auth import Callers
+from app.api.lifecycle import Phase
 from app.config import Settings
 from app.engine.protocol import Fault
 from tests.integration.conftest import start_server, wait_for
@@ -224,16 +225,12 @@ def test_rejections_by_reason(server):
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 429
     finally:
         engine.capacity = capacity
-    state.draining = True
-    try:
-        assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 503
-    finally:
-        state.draining = False
-    service, state.service = state.service, None
-    try:
-        assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 503
-    finally:
-        state.service = service
+    for phase in (Phase.DRAINING, Phase.LOADING):
+        state.lifecycle.phase = phase
+        try:
+            assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 503
+        finally:
+            state.lifecycle.phase = Phase.READY
     assert http.get("/v1/completions").status_code == 405  # refused by routing, not a rejection
     assert http.get("/nope").status_code == 404
     after = scrape(server)

@@ -35,6 +35,7 @@ import httpx
 import pytest
 import yaml
 
+from app.api.lifecycle import Phase
 from app.engine.protocol import Fault
 from tests.integration.conftest import free_port, start_server
 from tests.integration.test_metrics import alert_exprs, dashboard_exprs
@@ -260,11 +261,11 @@ def errors(server, note) -> None:
         note(http.post("/v1/completions", json={"prompt": "x"}))
     finally:
         state.settings.api_keys = []
-    state.draining = True  # as after SIGTERM: a 5xx for the error-ratio queries
+    state.lifecycle.phase = Phase.DRAINING  # as after SIGTERM: a 5xx for the error-ratio queries
     try:
         note(http.post("/v1/completions", json={"prompt": "x"}))
     finally:
-        state.draining = False
+        state.lifecycle.phase = Phase.READY
     note(http.post("/v1/completions", json={"prompt": "after the errors", "max_tokens": 3}))
 
 

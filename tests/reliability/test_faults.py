@@ -36,7 +36,7 @@ def keyed(live, key: str = "alpha") -> httpx.Client:
 
 def assert_idle(live) -> None:
     """Nothing left anywhere: the engine client's streams, requests in flight, per-key counts, the engine."""
-    wait_for(lambda: live.engine.num_unfinished == 0 and live.state.in_flight == 0)
+    wait_for(lambda: live.engine.num_unfinished == 0 and live.state.lifecycle.in_flight == 0)
     assert live.state.shares.counts.sum() == 0  # sequences and requests counted for admission, per key
     wait_for(lambda: live.engine.last_stats is None or live.engine.last_stats.num_running
              == live.engine.last_stats.num_waiting == 0)

@@ -125,7 +125,7 @@ def test_a_chaos_soak_leaves_nothing_behind(server, tmp_path):
     statuses.clear()
     seconds = run(REQUESTS, 0)
     # nothing left in flight: the API's streams and requests, per-key counts, the engine's batch
-    wait_for(lambda: server.engine.num_unfinished == 0 and server.state.in_flight == 0, timeout=30)
+    wait_for(lambda: server.engine.num_unfinished == 0 and server.state.lifecycle.in_flight == 0, timeout=30)
     wait_for(lambda: server.engine.last_stats.num_running == server.engine.last_stats.num_waiting == 0, timeout=30)
     assert server.state.shares.counts.sum() == 0 and server.engine.is_alive  # admission counts, per key too
     after = {"api": rss(os.getpid()), "engine": resting_rss(engine_pid)}
