@@ -1,9 +1,10 @@
 """Scoring, without a model: from per-token scores to per-input statistics, and the plan of
 which engine sequences score a text that is longer than the model's context.
 
-Everything here is pure (lists in, dataclasses out) so that it is unit-tested on hand-made
-numbers; the route (app/api/score.py) tokenizes, submits the planned sequences to the engine,
-and calls these functions on what comes back. See docs/scoring.md for what each number means.
+Everything here is pure (lists in, numbers out) so that it is unit-tested on hand-made numbers;
+app/api/score_plan.py plans a request's windows with it, and app/api/score.py merges what the
+engine returns and builds the response's numbers with it. See docs/scoring.md for what each
+number means.
 
 Conventions: logprobs are natural logs; ranks are 1-based, ties counted in the token's favour
 (rank = 1 + the number of vocabulary tokens strictly more likely than it), so a token tied with
@@ -42,8 +43,9 @@ class Window:
         return self.end - self.score_from
 
 
-def plan_windows(num_tokens: int, first_scored: int, max_len: int, stride: int | None = None) -> list[Window]:
-    """Which engine sequences score tokens [first_scored, num_tokens) of one input, each once.
+def window_ends(num_tokens: int, first_scored: int, max_len: int, stride: int | None = None) -> range:
+    """Where the windows that score tokens [first_scored, num_tokens) of one input end, the last
+    one cut at num_tokens: a range, so that len() counts the windows without making them.
 
     `first_scored` is 1 for a plain text (token 0 has nothing before it) and the number of
     context tokens for a context/continuation pair. An input that fits in `max_len` is one
@@ -54,28 +56,32 @@ def plan_windows(num_tokens: int, first_scored: int, max_len: int, stride: int |
     past the first window (the first window's tokens see everything before them).
 
     stride must lie in [1, max_len - 1] (a window's first token has no context, so it can never
-    be the one scored); None means max_len // 2. Returns [] when there is nothing to score.
+    be the one scored); None means max_len // 2. Empty when there is nothing to score.
     """
     if first_scored < 1:
         raise ValueError("first_scored must be at least 1")
     if first_scored >= num_tokens:
-        return []
+        return range(0)
     if num_tokens <= max_len:
-        return [Window(0, num_tokens, first_scored)]
+        return range(num_tokens, num_tokens + 1)
     stride = max_len // 2 if stride is None else stride
     if not 1 <= stride <= max_len - 1:
         raise ValueError(f"stride must lie in [1, {max_len - 1}], got {stride}")
-    windows = []
-    done = first_scored  # tokens before this one need no score, or have one already
     # the first window ends where the model's context does, or, when the context alone is
-    # longer than that, a stride past the context
-    end = min(num_tokens, max_len if first_scored < max_len else first_scored + stride)
-    while True:
-        begin = max(0, end - max_len)
-        windows.append(Window(begin, end, done))
-        if end == num_tokens:
-            return windows
-        done, end = end, min(num_tokens, end + stride)
+    # longer than that, a stride past the context; the last end past num_tokens is cut there
+    first_end = max_len if first_scored < max_len else first_scored + stride
+    return range(first_end, num_tokens + stride, stride)
+
+
+def plan_windows(num_tokens: int, first_scored: int, max_len: int, stride: int | None = None) -> list[Window]:
+    """The engine sequences that score tokens [first_scored, num_tokens) of one input, each once
+    (see window_ends)."""
+    windows, done = [], first_scored  # tokens before `done` need no score, or have one already
+    for end in window_ends(num_tokens, first_scored, max_len, stride):
+        end = min(end, num_tokens)
+        windows.append(Window(max(0, end - max_len), end, done))
+        done = end
+    return windows
 
 
 def merge_windows(windows: list[Window], scores: list[PromptScores]) -> PromptScores:
@@ -98,36 +104,6 @@ def window_params(params: SamplingParams, window: Window) -> SamplingParams:
 
 
 # --- statistics --------------------------------------------------------------------------------
-@dataclass
-class GLTRBuckets:
-    """Fractions of the scored tokens whose rank is <= 10, in 11-100, in 101-1000, > 1000."""
-
-    top_10: float
-    top_100: float
-    top_1000: float
-    rest: float
-
-
-@dataclass
-class Detection:
-    gltr: GLTRBuckets
-    mean_log_rank: float  # mean of ln(rank)
-    mean_entropy: float | None  # mean entropy (nats) of the model's predictive distribution
-    fast_detect_gpt: float | None  # the analytic criterion; None when the variance sums to 0
-
-
-@dataclass
-class Summary:
-    """The per-input numbers of one scored input (over its scored tokens only)."""
-
-    num_tokens: int
-    sum_logprob: float
-    mean_logprob: float | None  # None when no token was scored
-    perplexity: float | None  # exp(-mean_logprob); None when nothing was scored or it overflows
-    is_greedy: bool | None  # every scored token had rank 1; None when nothing was scored
-    detection: Detection | None
-
-
 def perplexity(mean_logprob: float | None) -> float | None:
     """exp(-mean logprob), or None where it is undefined or not a finite float."""
     if mean_logprob is None or not math.isfinite(mean_logprob) or -mean_logprob > MAX_EXP:
@@ -135,14 +111,17 @@ def perplexity(mean_logprob: float | None) -> float | None:
     return math.exp(-mean_logprob)
 
 
-def gltr_buckets(ranks: list[int]) -> GLTRBuckets:
-    n = len(ranks)
-    if n == 0:
-        return GLTRBuckets(0.0, 0.0, 0.0, 0.0)
+def gltr_buckets(ranks: list[int]) -> tuple[float, ...]:
+    """Fractions of the ranks that are <= 10, in 11-100, in 101-1000, and > 1000 (all 0 without ranks)."""
     counts = [0, 0, 0, 0]
     for r in ranks:
         counts[sum(r > bound for bound in GLTR_BOUNDS)] += 1
-    return GLTRBuckets(*(c / n for c in counts))
+    return tuple(c / len(ranks) if ranks else 0.0 for c in counts)
+
+
+def mean_log_rank(ranks: list[int]) -> float:
+    """The mean of ln(rank): lower looks more machine-like."""
+    return math.fsum(map(math.log, ranks)) / len(ranks)
 
 
 def fast_detect_gpt(logprobs: list[float], entropy: list[float], variance: list[float]) -> float | None:
@@ -160,35 +139,3 @@ def fast_detect_gpt(logprobs: list[float], entropy: list[float], variance: list[
         return None
     value = (math.fsum(logprobs) + math.fsum(entropy)) / math.sqrt(total_var)  # mu_t = -H_t
     return value if math.isfinite(value) else None
-
-
-def detection(scores: PromptScores) -> Detection | None:
-    """GLTR buckets, mean log-rank, mean entropy and Fast-DetectGPT, or None if nothing was scored.
-    Entropy and the criterion need the per-position statistics (SamplingParams.prompt_stats)."""
-    ranks = scores.ranks
-    if not ranks:
-        return None
-    with_stats = len(scores.entropy) == len(ranks) and len(scores.logprob_variance) == len(ranks)
-    return Detection(
-        gltr=gltr_buckets(ranks),
-        mean_log_rank=math.fsum(math.log(r) for r in ranks) / len(ranks),
-        mean_entropy=math.fsum(scores.entropy) / len(ranks) if with_stats else None,
-        fast_detect_gpt=fast_detect_gpt(scores.token_logprobs, scores.entropy, scores.logprob_variance)
-        if with_stats else None,
-    )
-
-
-def summarize(scores: PromptScores, detect: bool = True) -> Summary:
-    """Sums, mean, perplexity, the greedy flag and (when `detect`) the detection statistics of
-    one input's scored tokens."""
-    n = len(scores.token_logprobs)
-    total = math.fsum(scores.token_logprobs)
-    mean = total / n if n else None
-    return Summary(
-        num_tokens=n,
-        sum_logprob=total,
-        mean_logprob=mean,
-        perplexity=perplexity(mean),
-        is_greedy=all(r == 1 for r in scores.ranks) if n else None,
-        detection=detection(scores) if detect else None,
-    )

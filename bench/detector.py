@@ -110,18 +110,16 @@ def judge_cost(judge: Judge, tokens: int, repeats: int = 2000) -> float:
     """Microseconds per input of what the route adds with a judge (best of 5 runs of `repeats`)."""
     from app.api.score import judge_verdict
     from app.engine.sequence import PromptScores
-    from app.scoring import summarize
 
     rng = np.random.default_rng(2)
     scores = PromptScores(token_logprobs=(-rng.exponential(3, tokens)).tolist(),
                           ranks=rng.integers(1, 5000, tokens).tolist(), entropy=rng.uniform(1, 8, tokens).tolist(),
                           logprob_variance=rng.uniform(1, 5, tokens).tolist())
-    summary = summarize(scores)
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
         for _ in range(repeats):
-            judge_verdict(judge, scores, summary)
+            judge_verdict(judge, scores)
         best = min(best, (time.perf_counter() - start) / repeats)
     return best * 1e6
 

@@ -1,6 +1,6 @@
 """Scoring throughput against a bare batched forward pass of the same shapes, in one run.
 
-    python bench/score.py [--model gpt2] [--texts 32] [--tokens 256] [--repeats 3] [--http]
+    python bench/score.py [--model gpt2] [--texts 32] [--tokens 256] [--repeats 3] [--http] [--top-logprobs 5]
 
 Everything runs in this process on the same model (dummy weights, GPT-2 small shapes by default):
 
@@ -16,7 +16,8 @@ Everything runs in this process on the same model (dummy weights, GPT-2 small sh
   engine's step loop on this thread, with prompt_stats off (logprobs + ranks) and on
   (detect=true: entropy and variance too).
 - http (with --http): POST /v1/score of the same token ids to a uvicorn server in this process,
-  return_tokens false and true (adds JSON and pydantic).
+  return_tokens false and true (adds the per-token JSON), and with --top-logprobs that many
+  alternatives per token too.
 
 Reported: tokens/s (input tokens through the model per second of wall time) and the ratio to
 bare. The runs alternate (bare, engine, ... per repeat) and the best of --repeats counts, so that
@@ -110,9 +111,10 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError("the server did not become ready")
 
-    def score(self, texts: list[list[int]], return_tokens: bool) -> float:
+    def score(self, texts: list[list[int]], return_tokens: bool, top_logprobs: int = 0) -> float:
         start = time.perf_counter()
-        response = self.client.post("/v1/score", json={"input": texts, "return_tokens": return_tokens})
+        response = self.client.post("/v1/score", json={"input": texts, "return_tokens": return_tokens,
+                                                       "top_logprobs": top_logprobs})
         elapsed = time.perf_counter() - start
         assert response.status_code == 200, response.text
         return elapsed
@@ -132,6 +134,8 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="GPT2_MAX_NUM_BATCHED_TOKENS")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--http", action="store_true", help="also score through HTTP (loads a second model copy)")
+    parser.add_argument("--top-logprobs", type=int, default=0, help="with --http: also a run with this many "
+                        "alternatives per token")
     args = parser.parse_args()
 
     settings = Settings(model=args.model, load_format="dummy", device="cpu", dtype=args.dtype,
@@ -155,6 +159,8 @@ def main() -> None:
     if server is not None:
         runs["http (numbers only)"] = lambda: server.score(texts, return_tokens=False)
         runs["http (return_tokens)"] = lambda: server.score(texts, return_tokens=True)
+        if args.top_logprobs:
+            runs[f"http (top_logprobs={args.top_logprobs})"] = lambda: server.score(texts, True, args.top_logprobs)
     best = {name: float("inf") for name in runs}
     for run in runs.values():  # warm-up
         run()

@@ -22,9 +22,9 @@ def timed_out(seconds: float) -> APIError:
                     "and was stopped; ask for less work or a longer timeout", code="timeout")
 
 
-async def until_done_or_disconnected(work, request: Request, timeout: float) -> None:
-    """Await `work`, but give up (and let the caller abort) if the client goes away, or with a
-    504 if it takes longer than `timeout` seconds."""
+async def until_done_or_disconnected(work, request: Request, timeout: float):
+    """Await `work` and return its result, but give up (and let the caller abort) if the client
+    goes away, or with a 504 if it takes longer than `timeout` seconds."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
     try:
@@ -34,7 +34,7 @@ async def until_done_or_disconnected(work, request: Request, timeout: float) -> 
         if task not in done:
             task.cancel()
             raise ClientDisconnected()
-        task.result()
+        return task.result()
     finally:
         watcher.cancel()
         if not task.done():

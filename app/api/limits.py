@@ -4,8 +4,8 @@ Three checkpoints, each cheap and each refusing with a 400 that names the field 
 (a GPT2_* setting, listed in docs/deploy.md):
 - before tokenizing: how many inputs, how many characters, logit_bias entries, stop strings;
 - after tokenizing, before anything is planned or queued: sequences (prompts x n, or a long input's
-  sliding windows, counted without building them), tokens the engine would process, entries the
-  response would hold;
+  sliding windows), tokens the engine would process, entries the response would hold (check_cost;
+  /v1/score's `validate` adds the positions `explain` reads);
 - per sequence, at the engine's door: what the engine itself can run (app/engine/validation.py).
 """
 
@@ -76,26 +76,3 @@ def check_cost(sequences: int, tokens: int, entries: int, limits: Limits, param:
         raise refuse(f"the response would hold {entries} per-token entries (positions x (1 + top alternatives)); "
                      f"at most {limits.max_response_entries} are allowed: ask for fewer alternatives or fewer "
                      "tokens", param, "max_response_entries")
-
-
-def check_explain(positions: int, entries: int, limits: Limits) -> None:
-    """/v1/score's explain: the positions explained (each costs the engine L + 1 rows of the
-    unembedding), and the response's entries with them."""
-    if positions > limits.max_explain_positions:
-        raise refuse(f"explain asks for {positions} positions; at most {limits.max_explain_positions} are allowed "
-                     "in one request: name fewer in explain.positions, or send fewer or shorter inputs", "explain",
-                     "max_explain_positions")
-    if entries > limits.max_response_entries:
-        raise refuse(f"with explain, the response would hold {entries} entries (positions x layers x (heads + 1) x "
-                     f"attention_top_k, plus the lens); at most {limits.max_response_entries} are allowed: lower "
-                     "attention_top_k or lens_top_k, or explain fewer positions", "explain", "max_response_entries")
-
-
-def num_windows(num_tokens: int, first_scored: int, max_len: int, stride: int) -> int:
-    """How many sliding windows app.scoring.plan_windows makes, without making them."""
-    if first_scored >= num_tokens:
-        return 0
-    if num_tokens <= max_len:
-        return 1
-    first_end = max_len if first_scored < max_len else first_scored + stride
-    return 1 + max(0, math.ceil((num_tokens - first_end) / stride))

@@ -1,56 +1,54 @@
 """POST /v1/score: per-token logprobs and ranks, perplexity and detection statistics.
 
-Every input (or window of a long input) is one prefill-only engine sequence: it batches with
-the other inputs of the call, other score calls and generation. The statistics are app/scoring.py's.
+The route reads: tokenize, plan (score_plan.py: every check, then the engine sequences), submit,
+collect, merge each input's windows and respond. Every input (or window of a long input) is one
+prefill-only engine sequence: it batches with the other inputs of the call, other score calls and
+generation. The response is built from score_schemas.py's TypedDicts, the statistics with
+app/scoring.py's maths.
 """
 
+import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
 
-import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api import score_schemas as schemas
 from app.api.deps import LimitsDep, ServiceDep, check_model
 from app.api.disconnect import time_limit, until_done_or_disconnected
-from app.api.errors import APIError
-from app.api.limits import Limits, check_cost, check_texts, num_windows, refuse
+from app.api.limits import refuse
 from app.api.offload import OffloadRoute, TooManyTokens, encode_texts, json_response
 from app.api.record import RecordDep
-from app.api.score_explain import entries_per_position, explain_params, explanation, plan_explain
-from app.api.score_schemas import ScoreRequest, ScoreResponse
+from app.api.score_plan import Pair, ScoredInput, plan
+from app.api.score_schemas import (
+    NO_JUDGE,
+    AttentionLayer,
+    Detection,
+    DetectorInfo,
+    Explain,
+    Explanation,
+    GLTRBuckets,
+    JudgeVerdict,
+    LensLayer,
+    LensToken,
+    PositionExplanation,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResult,
+    ScoreUsage,
+    TopLogprob,
+)
 from app.api.submission import check, gather_all, submit_all
 from app.detect.features import features
 from app.detect.judge import Judge
+from app.engine import inspection
 from app.engine.client import RequestStream
-from app.engine.inspection import Readout
-from app.engine.sequence import PromptScores, SamplingParams
-from app.engine.stats import RequestStats
-from app.scoring import Summary, Window, merge_windows, plan_windows, summarize, window_params
+from app.engine.protocol import EngineInfo
+from app.engine.sequence import PromptScores, RequestOutput
+from app.scoring import fast_detect_gpt, gltr_buckets, mean_log_rank, merge_windows, perplexity
 from app.service import Service
 
 router = APIRouter(tags=["scoring"], route_class=OffloadRoute)
-
-
-@dataclass
-class Item:
-    """One input: its tokens (context first), the windows that score it, and their streams."""
-
-    index: int
-    context_ids: list[int]
-    input_ids: list[int]
-    windows: list[Window]
-    streams: list[RequestStream] = field(default_factory=list)
-    scores: list[PromptScores | None] = field(default_factory=list)
-    stats: list[RequestStats] = field(default_factory=list)
-    explained: list[int] | None = None  # positions to explain (one window then)
-    readout: Readout | None = None  # their explanation
-
-    @property
-    def token_ids(self) -> list[int]:
-        return self.context_ids + self.input_ids
 
 
 @router.post("/v1/score", response_model=ScoreResponse, summary="Score texts: logprobs, ranks, perplexity, detection",
@@ -61,56 +59,39 @@ class Item:
 async def create_score(body: ScoreRequest, request: Request, service: ServiceDep, record: RecordDep,
                        limits: LimitsDep) -> Response:
     check_model(service, body.model)
-    inputs, contexts = body.inputs(), body.contexts()
-    check_texts([*inputs, *(contexts or [])], limits, "input")
-    stride = check_stride(body, service.info.max_model_len, limits)
-    pairs = await tokenize(service, inputs, contexts, limits.max_request_tokens)
-    items = plan(service, body, pairs, stride, limits)
+    pairs = await tokenize(service, body, limits.max_request_tokens)
+    planned = plan(body, pairs, service.info, limits)
     request_id = f"score-{uuid.uuid4().hex}"
-    submit(service, body, items, request_id)
-    record.prompt_tokens = sum(len(item.token_ids) for item in items)
+    streams = submit_all(service, planned.sequences(request_id))
+    record.prompt_tokens = sent = sum(len(c) + len(t) for c, t in pairs)
     record.completion_tokens = 0
     record.prompt = body.input  # logged only with GPT2_LOG_PROMPTS
-    streams = [s for item in items for s in item.streams]
     try:
-        await until_done_or_disconnected(collect(items), request, time_limit(service.settings, body.timeout))
+        outputs = await until_done_or_disconnected(collect(streams), request, time_limit(service.settings,
+                                                                                          body.timeout))
     finally:
         service.engine.close(streams)
-    record.engine_stats = [s for item in items for s in item.stats]
-    sent = record.prompt_tokens
+    record.engine_stats = [o.stats for o in outputs if o.stats is not None]
 
-    def build() -> dict:  # in a worker thread when the response is big
-        merged = [merge_windows(item.windows, item.scores) for item in items]
-        summaries = [summarize(scores, body.detect) for scores in merged]
-        record.scored_tokens = scored = sum(s.num_tokens for s in summaries)
-        results = [result(service, body, *args) for args in zip(items, merged, summaries, strict=True)]
-        return {"id": request_id, "object": "score", "created": int(time.time()), "model": service.info.name,
-                "data": results, "usage": {"prompt_tokens": sent, "scored_tokens": scored, "total_tokens": sent},
-                "detector": detector_info(service.judge)}
+    def build() -> ScoreResponse:  # in a worker thread when the response is big
+        finals = iter(outputs)  # each input's windows, in order
+        data = [result(item, [next(finals) for _ in item.windows], body, service) for item in planned.inputs]
+        record.scored_tokens = scored = sum(r["num_tokens"] for r in data)
+        return ScoreResponse(id=request_id, object="score", created=int(time.time()), model=service.info.name,
+                             data=data, usage=ScoreUsage(prompt_tokens=sent, scored_tokens=scored, total_tokens=sent),
+                             detector=detector_info(service.judge))
 
-    return await json_response(build, entries(body, items, service))
+    return await json_response(build, planned.entries)
 
 
-def check_stride(body: ScoreRequest, max_len: int, limits: Limits) -> int | None:
-    if body.stride is None:
-        return None
-    if body.stride >= max_len:
-        raise APIError(400, f"stride must be at most max_model_len - 1 = {max_len - 1}, got {body.stride}",
-                       param="stride", code="invalid_value")
-    if body.stride < limits.min_stride:
-        raise refuse(f"stride {body.stride} would make a window every {body.stride} tokens; the smallest stride "
-                     f"accepted is {limits.min_stride}", "stride", "min_stride")
-    return body.stride
-
-
-async def tokenize(service: Service, inputs: list, contexts: list | None,
-                   budget: int | None = None) -> list[tuple[list[int], list[int]]]:
+async def tokenize(service: Service, body: ScoreRequest, budget: int) -> list[Pair]:
     """(context ids, input ids) of each input, every text encoded in one batch. Context and
     continuation are tokenized apart and concatenated, as lm-evaluation-harness does, after moving
     the context's trailing whitespace to the start of the continuation (so "is " + "Paris" scores
     " Paris"); an empty context is <|endoftext|>."""
     pairs = []
-    for i, text in enumerate(inputs):
+    contexts = body.contexts()
+    for i, text in enumerate(body.inputs()):
         context = contexts[i] if contexts else None
         if isinstance(context, str) and isinstance(text, str):
             stripped = context.rstrip()
@@ -129,138 +110,113 @@ async def tokenize(service: Service, inputs: list, contexts: list | None,
 
     out = []
     for context, text in pairs:
-        context_ids = None if context is None else ids(context)
-        input_ids = ids(text)
-        if context_ids is None:
-            context_ids = []
-        elif not context_ids:
-            context_ids = [eos if eos is not None else 0]
-        out.append((context_ids, input_ids))
+        context_ids = [] if context is None else ids(context) or [eos if eos is not None else 0]
+        out.append((context_ids, ids(text)))
     return out
 
 
-def plan(service: Service, body: ScoreRequest, pairs: list[tuple[list[int], list[int]]], stride: int | None,
-         limits: Limits) -> list[Item]:
-    """Validate every input and count what it costs; then plan its engine sequences. 400 on the
-    first bad input, or if the whole request is over its limits (checked before any window is built)."""
-    max_len, vocab = service.info.max_model_len, service.info.vocab_size
-    several = len(pairs) > 1
-    sequences = tokens = 0
-    shapes = []  # (context tokens, tokens, windows) of each input
-    for i, (context_ids, input_ids) in enumerate(pairs):
-        which = f" (input {i})" if several else ""
-        if not input_ids:
-            raise APIError(400, f"the input is empty{which}", param="input", code="invalid_value")
-        for name, ids in (("context", context_ids), ("input", input_ids)):
-            if max(ids, default=0) >= vocab:
-                raise APIError(400, f"token id {max(ids)} is outside the vocabulary [0, {vocab}){which}", param=name,
-                               code="invalid_value")
-        n = len(context_ids) + len(input_ids)
-        if n > max_len and body.window == "none":
-            raise APIError(400, f"the input has {n} tokens{' (context included)' if context_ids else ''}{which}, "
-                           f"more than this model's maximum context length of {max_len} tokens; send "
-                           "\"window\": \"sliding\" to score it with a sliding window", param="input",
-                           code="context_length_exceeded")
-        windows = num_windows(n, len(context_ids) or 1, max_len, stride or max_len // 2)
-        sequences += windows
-        tokens += n if windows <= 1 else windows * max_len  # an upper bound for several windows
-        shapes.append((len(context_ids), n, windows))
-    positions = sum(len(input_ids) for _, input_ids in pairs) if body.return_tokens else 0
-    check_cost(sequences, tokens, positions * (1 + body.top_logprobs), limits, "input")
-    explained = plan_explain(body.explain, shapes, positions * (1 + body.top_logprobs), service.info, limits)
-    items = []
-    for i, (context_ids, input_ids) in enumerate(pairs):
-        try:
-            windows = plan_windows(len(context_ids) + len(input_ids), len(context_ids) or 1, max_len, stride)
-        except ValueError as exc:  # only a max_model_len too small for any stride
-            raise APIError(400, str(exc), param="stride", code="invalid_value") from exc
-        items.append(Item(i, context_ids, input_ids, windows, scores=[None] * len(windows),
-                          explained=explained[i] if explained else None))
-    return items
+async def collect(streams: list[RequestStream]) -> list[RequestOutput]:
+    """Each sequence's last output (a prefill-only sequence ends with one, its scores)."""
+
+    async def last(stream: RequestStream) -> RequestOutput:
+        async for output in stream:
+            if output.finished:
+                check(output)
+                return output
+        raise AssertionError("a stream ended without its last output")
+
+    return await gather_all([last(s) for s in streams])
 
 
-def submit(service: Service, body: ScoreRequest, items: list[Item], request_id: str) -> None:
-    """Queue every window of every input, or none."""
-    params = body.to_sampling_params()
-
-    def params_of(item: Item, window: Window) -> SamplingParams:
-        windowed = window_params(params, window)
-        if item.explained is None:
-            return windowed
-        return msgspec.structs.replace(windowed, explain=explain_params(body.explain, item.explained))
-
-    sequences = [(f"{request_id}-{item.index}-{w}", item.token_ids[window.begin : window.end], params_of(item, window))
-                 for item in items for w, window in enumerate(item.windows)]
-    streams = iter(submit_all(service, sequences))
-    for item in items:
-        item.streams = [next(streams) for _ in item.windows]
-
-
-async def collect(items: list[Item]) -> None:
-    """Wait for every window's scores (a prefill-only sequence ends with one output)."""
-
-    async def one(item: Item, w: int) -> None:
-        async for output in item.streams[w]:
-            if not output.finished:
-                continue
-            check(output)
-            item.scores[w] = output.prompt_scores or PromptScores()
-            item.readout = output.readout
-            if output.stats is not None:
-                item.stats.append(output.stats)
-
-    await gather_all([one(item, w) for item in items for w in range(len(item.windows))])
-
-
-def entries(body: ScoreRequest, items: list[Item], service: Service) -> int:
-    """Per-token entries of the response (decides whether it is built in a thread)."""
-    explained = sum(entries_per_position(body.explain, p, service.info) for item in items for p in item.explained or [])
-    return explained + (sum(len(item.input_ids) for item in items) * (1 + body.top_logprobs) if body.return_tokens
-                        else len(items))
-
-
-def result(service: Service, body: ScoreRequest, item: Item, merged: PromptScores, summary: Summary) -> dict:
-    """One input's entry of the response (a ScoreResult, as plain data): the per-token arrays when
-    asked, the numbers always."""
-    out = {"index": item.index, "tokens": None, "token_ids": None, "token_logprobs": None, "ranks": None,
-           "top_logprobs": None, "entropies": None, "logprob_variances": None,
-           "num_context_tokens": len(item.context_ids),
-           "num_tokens": summary.num_tokens, "sum_logprob": summary.sum_logprob, "mean_logprob": summary.mean_logprob,
-           "perplexity": summary.perplexity, "is_greedy": summary.is_greedy, "num_windows": len(item.windows),
-           "detection": detection_of(summary, judge_verdict(service.judge, merged, summary)),
-           "explanation": None if body.explain is None else explanation(item.readout, item.token_ids, body.explain,
-                                                                        service.info, service.tokenizer.token_str)}
-    if not body.return_tokens:
-        return out
+# --- the response --------------------------------------------------------------------------------
+def result(item: ScoredInput, outputs: list[RequestOutput], body: ScoreRequest, service: Service) -> ScoreResult:
+    """One input's entry of the response from its windows' outputs: the numbers always, the
+    per-token arrays when asked."""
+    scores = merge_windows(item.windows, [o.prompt_scores or PromptScores() for o in outputs])
+    n, total = len(scores.token_logprobs), math.fsum(scores.token_logprobs)
+    mean = total / n if n else None
+    token_str, per_token = service.tokenizer.token_str, body.return_tokens
     pad = [] if item.context_ids else [None]  # the first token has nothing before it
-    token_str = service.tokenizer.token_str
-    out["token_ids"] = item.input_ids
-    out["tokens"] = [token_str(t) for t in item.input_ids]
-    out["token_logprobs"] = pad + merged.token_logprobs
-    out["ranks"] = pad + merged.ranks
-    if body.detect:
-        out["entropies"] = pad + merged.entropy
-        out["logprob_variances"] = pad + merged.logprob_variance
-    if body.top_logprobs:
-        out["top_logprobs"] = pad + [[{"token": token_str(t), "token_id": t, "logprob": lp} for t, lp in alternatives]
-                                     for alternatives in merged.top]
-    return out
+    readout = outputs[0].readout if outputs else None  # (explain has one window)
+    return ScoreResult(
+        index=item.index,
+        tokens=[token_str(t) for t in item.input_ids] if per_token else None,
+        token_ids=item.input_ids if per_token else None,
+        token_logprobs=pad + scores.token_logprobs if per_token else None,
+        ranks=pad + scores.ranks if per_token else None,
+        top_logprobs=pad + [[TopLogprob(token=token_str(t), token_id=t, logprob=lp) for t, lp in alternatives]
+                            for alternatives in scores.top] if per_token and body.top_logprobs else None,
+        entropies=pad + scores.entropy if per_token and body.detect else None,
+        logprob_variances=pad + scores.logprob_variance if per_token and body.detect else None,
+        num_context_tokens=len(item.context_ids),
+        num_tokens=n,
+        sum_logprob=total,
+        mean_logprob=mean,
+        perplexity=perplexity(mean),
+        is_greedy=all(r == 1 for r in scores.ranks) if n else None,
+        num_windows=len(item.windows),
+        detection=detection(scores, service.judge) if body.detect else None,
+        explanation=None if body.explain is None else explanation(readout, item.token_ids, body.explain, service.info,
+                                                                  token_str))
 
 
-def detection_of(summary: Summary, judge: dict | None) -> dict | None:
-    return None if summary.detection is None else {**asdict(summary.detection), "judge": judge}
-
-
-# --- the trained judge (GPT2_DETECTOR; app/detect) ------------------------------------------------
-def judge_verdict(judge: Judge | None, merged: PromptScores, summary: Summary) -> dict | None:
-    """The judge's verdict on one input (a JudgeVerdict, as plain data), from the scores of the same
-    forward pass: its features are the ones `gpt2-serve train-detector` computes from this route's response."""
-    if judge is None or summary.detection is None or len(merged.logprob_variance) != len(merged.token_logprobs):
+def detection(scores: PromptScores, judge: Judge | None) -> Detection | None:
+    """The detection statistics of one input's scored tokens, or None if nothing was scored. The
+    mean entropy, Fast-DetectGPT and the judge need the per-position statistics (detect=true)."""
+    ranks = scores.ranks
+    if not ranks:
         return None
-    return judge.verdict(features(merged.token_logprobs, merged.ranks, merged.entropy, merged.logprob_variance))
+    top_10, top_100, top_1000, rest = gltr_buckets(ranks)
+    with_stats = len(scores.entropy) == len(scores.logprob_variance) == len(ranks)
+    return Detection(gltr=GLTRBuckets(top_10=top_10, top_100=top_100, top_1000=top_1000, rest=rest),
+                     mean_log_rank=mean_log_rank(ranks),
+                     mean_entropy=math.fsum(scores.entropy) / len(ranks) if with_stats else None,
+                     fast_detect_gpt=fast_detect_gpt(scores.token_logprobs, scores.entropy, scores.logprob_variance),
+                     judge=judge_verdict(judge, scores))
 
 
-def detector_info(judge: Judge | None) -> dict:
+def judge_verdict(judge: Judge | None, scores: PromptScores) -> JudgeVerdict | None:
+    """The trained judge's verdict (GPT2_DETECTOR; app/detect) on one input, from the scores of the
+    same forward pass: its features are the ones `gpt2-serve train-detector` computes from this
+    route's response."""
+    if judge is None or not scores.ranks or len(scores.logprob_variance) != len(scores.token_logprobs):
+        return None
+    return judge.verdict(features(scores.token_logprobs, scores.ranks, scores.entropy, scores.logprob_variance))
+
+
+def detector_info(judge: Judge | None) -> DetectorInfo:
     if judge is None:
-        return {"loaded": False, "message": schemas.NO_JUDGE}
-    return {"loaded": True, "name": judge.name, "threshold": judge.threshold}
+        return DetectorInfo(loaded=False, message=NO_JUDGE)
+    return DetectorInfo(loaded=True, name=judge.name, threshold=judge.threshold)
+
+
+def explanation(readout: inspection.Readout | None, token_ids: list[int], explain: Explain, info: EngineInfo,
+                token_str) -> Explanation:
+    """The engine's readout of one input -> its `explanation`."""
+    explained = readout.explanation if readout is not None else []
+    return Explanation(num_layers=info.num_layers, num_heads=info.num_heads,
+                       positions=[position(e, token_ids, explain, info, token_str) for e in explained])
+
+
+def position(e: inspection.PositionExplanation, token_ids: list[int], explain: Explain, info: EngineInfo,
+             token_str) -> PositionExplanation:
+    """One explained position, from the engine's flat arrays."""
+    L, H = info.num_layers, info.num_heads
+    attention = lens = first_top1_layer = settled_layer = None
+    if explain.attention_top_k:
+        k = min(explain.attention_top_k, e.position + 1)
+        pairs = list(map(list, zip(e.attention_keys, e.attention_weights, strict=True)))
+        rows = [pairs[j : j + k] for j in range(0, len(pairs), k)]  # L x (H + 1) rows of k pairs
+        attention = [AttentionLayer(heads=rows[layer * (H + 1) : layer * (H + 1) + H], mean=rows[layer * (H + 1) + H])
+                     for layer in range(L)]
+    if explain.lens_top_k:
+        k = explain.lens_top_k
+        ids, probs, nexts = e.lens_token_ids, e.lens_probs, e.lens_next_probs
+        lens = [LensLayer(top=[LensToken(token=token_str(t), token_id=t, prob=p) for t, p in
+                               zip(ids[layer * k : (layer + 1) * k], probs[layer * k : (layer + 1) * k], strict=True)],
+                          next_token_prob=nexts[layer] if nexts else None) for layer in range(L + 1)]
+        top1 = ids[::k]  # each layer's likeliest token
+        first_top1_layer = top1.index(top1[-1])
+        settled_layer = next(layer for layer in range(L + 1) if all(t == top1[-1] for t in top1[layer:]))
+    return PositionExplanation(position=e.position, token=token_str(token_ids[e.position]), attention=attention,
+                               lens=lens, first_top1_layer=first_top1_layer, settled_layer=settled_layer)

@@ -5,6 +5,7 @@ they are queued all together or not at all, and each one's last output says how 
 
 import asyncio
 from collections.abc import Awaitable
+from typing import TypeVar
 
 from app.api.auth import current_caller
 from app.api.errors import APIError
@@ -13,6 +14,8 @@ from app.engine.client import EngineDeadError, RequestStream, Submission
 from app.engine.sequence import FinishReason, RequestOutput
 from app.engine.validation import InvalidRequestError
 from app.service import Service
+
+T = TypeVar("T")
 
 
 def submit_all(service: Service, sequences: list[Submission]) -> list[RequestStream]:
@@ -44,12 +47,12 @@ def engine_dead(exc: EngineDeadError) -> APIError:
     return APIError(503, f"the engine is down: {exc}; no request can be served", code="engine_dead")
 
 
-async def gather_all(works: list[Awaitable[None]]) -> None:
-    """Await all; on the first failure cancel the rest, so none is left running unobserved. An
-    engine that died fails them all with 503."""
+async def gather_all(works: list[Awaitable[T]]) -> list[T]:
+    """Await all, and return their results; on the first failure cancel the rest, so none is left
+    running unobserved. An engine that died fails them all with 503."""
     tasks = [asyncio.ensure_future(w) for w in works]
     try:
-        await asyncio.gather(*tasks)
+        return await asyncio.gather(*tasks)
     except EngineDeadError as exc:
         raise engine_dead(exc) from exc
     finally:

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from app.api.score import detection
 from app.detect.features import FEATURE_NAMES, features, from_result
 from app.engine.sequence import PromptScores
-from app.scoring import summarize
 
 
 def named(values: np.ndarray) -> dict[str, float]:
@@ -15,22 +15,22 @@ def named(values: np.ndarray) -> dict[str, float]:
     return dict(zip(FEATURE_NAMES, values.tolist(), strict=True))
 
 
-def test_features_agree_with_the_statistics_of_app_scoring():
+def test_features_agree_with_the_statistics_of_v1_score():
     rng = np.random.default_rng(0)
     n = 200
     scores = PromptScores(token_logprobs=(-rng.exponential(3.0, n)).tolist(),
                           ranks=rng.integers(1, 5000, n).tolist(), entropy=rng.uniform(1, 8, n).tolist(),
                           logprob_variance=rng.uniform(1, 5, n).tolist())
-    summary = summarize(scores)
+    d = detection(scores, judge=None)
     f = named(features(scores.token_logprobs, scores.ranks, scores.entropy, scores.logprob_variance))
-    assert f["mean_logprob"] == pytest.approx(summary.mean_logprob, rel=1e-12)
-    assert f["mean_log_rank"] == pytest.approx(summary.detection.mean_log_rank, rel=1e-12)
-    assert f["mean_entropy"] == pytest.approx(summary.detection.mean_entropy, rel=1e-12)
-    assert f["fast_detect_gpt"] == summary.detection.fast_detect_gpt
-    assert f["fast_detect_gpt_per_token"] == pytest.approx(summary.detection.fast_detect_gpt / math.sqrt(n))
-    gltr = summary.detection.gltr
+    assert f["mean_logprob"] == pytest.approx(math.fsum(scores.token_logprobs) / n, rel=1e-12)
+    assert f["mean_log_rank"] == pytest.approx(d["mean_log_rank"], rel=1e-12)
+    assert f["mean_entropy"] == pytest.approx(d["mean_entropy"], rel=1e-12)
+    assert f["fast_detect_gpt"] == d["fast_detect_gpt"]
+    assert f["fast_detect_gpt_per_token"] == pytest.approx(d["fast_detect_gpt"] / math.sqrt(n))
+    gltr = d["gltr"]
     assert [f["gltr_top_10"], f["gltr_top_100"], f["gltr_top_1000"], f["gltr_rest"]] == pytest.approx(
-        [gltr.top_10, gltr.top_100, gltr.top_1000, gltr.rest])
+        [gltr["top_10"], gltr["top_100"], gltr["top_1000"], gltr["rest"]])
     gap = np.array(scores.token_logprobs) + np.array(scores.entropy)
     assert f["mean_gap"] == pytest.approx(gap.mean()) and f["std_gap"] == pytest.approx(gap.std())
     assert f["q10_logprob"] == pytest.approx(np.percentile(scores.token_logprobs, 10))

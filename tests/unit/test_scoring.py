@@ -1,14 +1,19 @@
-"""The scoring maths without a model: window plans, merging, statistics and the request schema."""
+"""The scoring maths without a model: window plans, merging, statistics and an input's result, and
+the request schema."""
 
+import json
 import math
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from app.api.score import detection, result
+from app.api.score_plan import ScoredInput
 from app.api.score_schemas import ScoreRequest
-from app.engine.sequence import PromptScores, SamplingParams
+from app.engine.sequence import PromptScores, RequestOutput, SamplingParams
 from app.scoring import (
     Window,
     fast_detect_gpt,
@@ -16,7 +21,7 @@ from app.scoring import (
     merge_windows,
     perplexity,
     plan_windows,
-    summarize,
+    window_ends,
     window_params,
 )
 
@@ -24,6 +29,7 @@ from app.scoring import (
 # --- windows -------------------------------------------------------------------------------------
 def check_plan(n: int, first: int, max_len: int, stride: int | None) -> list[Window]:
     windows = plan_windows(n, first, max_len, stride)
+    assert len(window_ends(n, first, max_len, stride)) == len(windows), "counted without making them"
     s = max_len // 2 if stride is None else stride
     scored = [t for w in windows for t in range(w.score_from, w.end)]
     assert scored == list(range(first, n)), "every token from `first` on is scored once, in order"
@@ -132,46 +138,57 @@ def scores(logprobs, ranks, entropy=None, variance=None) -> PromptScores:
                         entropy=list(entropy or []), logprob_variance=list(variance or []))
 
 
-def test_summary_numbers():
-    s = summarize(scores([-1.0, -2.0, -3.0], [1, 4, 2000], [2.0, 3.0, 4.0], [1.0, 2.0, 1.0]))
-    assert s.num_tokens == 3 and s.sum_logprob == -6.0 and s.mean_logprob == -2.0
-    assert s.perplexity == pytest.approx(math.exp(2.0))
-    assert s.is_greedy is False
-    d = s.detection
-    assert (d.gltr.top_10, d.gltr.top_100, d.gltr.top_1000, d.gltr.rest) == pytest.approx((2 / 3, 0, 0, 1 / 3))
-    assert d.mean_log_rank == pytest.approx((math.log(1) + math.log(4) + math.log(2000)) / 3)
-    assert d.mean_entropy == pytest.approx(3.0)
+def score_result(s: PromptScores, detect: bool = True, token_ids: list[int] | None = None) -> dict:
+    """app/api/score.py's result for one input without a context, scored in one window."""
+    ids = token_ids or list(range(len(s.token_logprobs) + 1))
+    windows = plan_windows(len(ids), 1, 1024)
+    item = ScoredInput(0, [], ids, windows, SamplingParams(), None)
+    service = SimpleNamespace(tokenizer=SimpleNamespace(token_str=str), judge=None)
+    return result(item, [RequestOutput("s", prompt_scores=s)] * len(windows), ScoreRequest(input=ids, detect=detect),
+                  service)
+
+
+def numbers(r: dict) -> tuple:
+    return tuple(r[k] for k in ("num_tokens", "sum_logprob", "mean_logprob", "perplexity", "is_greedy"))
+
+
+def test_result_numbers_and_detection():
+    r = score_result(scores([-1.0, -2.0, -3.0], [1, 4, 2000], [2.0, 3.0, 4.0], [1.0, 2.0, 1.0]))
+    assert numbers(r)[:3] == (3, -6.0, -2.0) and r["perplexity"] == pytest.approx(math.exp(2.0))
+    assert r["is_greedy"] is False and r["token_logprobs"] == [None, -1.0, -2.0, -3.0]
+    d = r["detection"]
+    assert tuple(d["gltr"].values()) == pytest.approx((2 / 3, 0, 0, 1 / 3))
+    assert d["mean_log_rank"] == pytest.approx((math.log(1) + math.log(4) + math.log(2000)) / 3)
+    assert d["mean_entropy"] == pytest.approx(3.0)
     # (sum log p - sum(-H)) / sqrt(sum var) = (-6 + 9) / 2
-    assert d.fast_detect_gpt == pytest.approx(1.5)
+    assert d["fast_detect_gpt"] == pytest.approx(1.5) and d["judge"] is None
 
 
 def test_greedy_and_detect_off():
-    s = summarize(scores([-0.5, -0.1], [1, 1]), detect=False)
-    assert s.is_greedy is True and s.detection is None
+    r = score_result(scores([-0.5, -0.1], [1, 1]), detect=False)
+    assert r["is_greedy"] is True and r["detection"] is None and r["entropies"] is None
 
 
 def test_without_stats_detection_has_no_entropy_or_criterion():
-    d = summarize(scores([-0.5, -0.1], [1, 3])).detection
-    assert d.mean_entropy is None and d.fast_detect_gpt is None and d.gltr.top_10 == 1.0
+    d = detection(scores([-0.5, -0.1], [1, 3]), judge=None)
+    assert d["mean_entropy"] is None and d["fast_detect_gpt"] is None and d["gltr"]["top_10"] == 1.0
 
 
 def test_nothing_scored():
-    s = summarize(PromptScores())
-    assert (s.num_tokens, s.sum_logprob, s.mean_logprob, s.perplexity, s.is_greedy, s.detection) == \
-        (0, 0.0, None, None, None, None)
+    r = score_result(PromptScores(), token_ids=[464])
+    assert numbers(r) == (0, 0.0, None, None, None) and r["detection"] is None and r["token_logprobs"] == [None]
 
 
 def test_perplexity_overflow_is_null_not_inf():
     assert perplexity(-700.0) == pytest.approx(math.exp(700.0))
     assert perplexity(-710.0) is None
     assert perplexity(None) is None
-    assert summarize(scores([-800.0], [50000])).perplexity is None
+    assert score_result(scores([-800.0], [50000]))["perplexity"] is None
 
 
 def test_gltr_bucket_edges():
-    b = gltr_buckets([1, 10, 11, 100, 101, 1000, 1001, 50000])
-    assert (b.top_10, b.top_100, b.top_1000, b.rest) == (0.25, 0.25, 0.25, 0.25)
-    assert gltr_buckets([]).rest == 0.0
+    assert gltr_buckets([1, 10, 11, 100, 101, 1000, 1001, 50000]) == (0.25, 0.25, 0.25, 0.25)
+    assert gltr_buckets([]) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_fast_detect_gpt_without_variance_is_null():
@@ -231,3 +248,4 @@ def test_bad_requests_name_the_field(body, field):
     with pytest.raises(ValidationError) as info:
         ScoreRequest(**body)
     assert info.value.errors()[0]["loc"][0] == field
+
