@@ -1,9 +1,11 @@
-"""One Settings object for the whole service, read from GPT2_* environment variables."""
+"""One Settings object for the whole service, read from GPT2_* environment variables (`gpt2-serve serve`
+also takes each as a flag: app/cli.py). Each section is a class, shown as a group by `--help`;
+Settings joins them, so the variables stay flat (GPT2_PORT)."""
 
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KEY_CLASS = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -11,12 +13,9 @@ DEFAULT_KEY_CLASS = "default"  # keys given without a class
 ANONYMOUS_KEY_CLASS = "anonymous"  # callers without keys (GPT2_API_KEYS unset): shared by client address
 
 
-class Settings(BaseSettings):
-    """Every knob of gpt2-serve. Built in create_app()/the CLI, never at import time."""
+class ModelSettings(BaseModel):
+    """Model: what is loaded, on which device, in which precision."""
 
-    model_config = SettingsConfigDict(env_prefix="GPT2_", env_file=None, extra="ignore")
-
-    # --- model -------------------------------------------------------------------------------
     model: str = Field("gpt2", description="Hub id (gpt2, gpt2-medium, distilgpt2, ...) or a local "
                        "Hugging Face directory (config.json + weights + tokenizer files).")
     served_model_name: str | None = Field(None, description="Name clients pass as `model`; "
@@ -29,7 +28,10 @@ class Settings(BaseSettings):
         "auto", description="auto: bfloat16 (or float16) on a GPU, float32 on CPU.")
     seed: int = Field(0, description="Seed of the engine's generator for unseeded sampled requests.")
 
-    # --- engine ------------------------------------------------------------------------------
+
+class EngineSettings(BaseModel):
+    """Engine: the batch, the step's token budget, the queue and the processes."""
+
     max_batch_size: int = Field(32, ge=1, description="Sequences running at once (KV-cache slots).")
     max_num_batched_tokens: int = Field(2048, ge=1, description="Tokens per engine step (decodes + "
                                         "prefill chunks); long prompts are prefilled in chunks.")
@@ -50,7 +52,10 @@ class Settings(BaseSettings):
     api_servers: int = Field(1, ge=1, le=64, description="API server processes sharing the port and the one "
                              "engine process (more lets the HTTP work use more cores).")
 
-    # --- HTTP --------------------------------------------------------------------------------
+
+class HTTPSettings(BaseModel):
+    """HTTP: the address, API keys, connections and fair sharing."""
+
     host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -78,7 +83,10 @@ class Settings(BaseSettings):
     read_timeout: float = Field(30.0, gt=0, description="Seconds a client may take to send its whole request "
                                 "(headers, then the whole body: one deadline, not one per read); 408 beyond.")
 
-    # --- limits: what one request may cost (checked before the cost is paid) ----------------------
+
+class LimitSettings(BaseModel):
+    """Limits: what one request may cost (checked before the cost is paid)."""
+
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may take; then it is aborted "
                                    "(504 `timeout`, or an error event in a stream). A request's own `timeout` "
                                    "field may ask for less.")
@@ -99,7 +107,10 @@ class Settings(BaseSettings):
                                        "(`explain`), all inputs together; each costs the engine L + 1 rows of the "
                                        "unembedding (docs/scoring.md). 0 turns explain off.")
 
-    # --- extras ------------------------------------------------------------------------------
+
+class ExtraSettings(BaseModel):
+    """Extras: the page, the judge and the embeddings' reference."""
+
     ui: bool = Field(True, description="Serve the page at /ui (scoring and generation in a browser).")
     detector: str | None = Field(None, description="Directory of a judge trained by `gpt2-serve train-detector`: "
                                  "/v1/score with detect=true adds its machine probability and verdict.")
@@ -108,12 +119,22 @@ class Settings(BaseSettings):
                                             "standardise /v1/embeddings. The engine computes them at start-up and "
                                             "saves them beside the model (docs/embeddings.md).")
 
-    # --- observability -----------------------------------------------------------------------
+
+class ObservabilitySettings(BaseModel):
+    """Observability: logs and metrics."""
+
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line; "
                                                 "text: for a terminal.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_prompts: bool = Field(False, description="Include prompt text in request logs.")
     metrics: bool = Field(True, description="Record Prometheus metrics from engine stats.")
+
+
+class Settings(BaseSettings, ModelSettings, EngineSettings, HTTPSettings, LimitSettings, ExtraSettings,
+               ObservabilitySettings):
+    """Every knob of gpt2-serve. Built in create_app()/the CLI, never at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="GPT2_", env_file=None, extra="ignore")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -122,12 +143,12 @@ class Settings(BaseSettings):
         'no auth'. Unset means no auth (and the server warns at start-up)."""
         keys = [key.strip() for key in value.split(",")] if isinstance(value, str) else value
         if isinstance(keys, list) and (isinstance(value, str) or keys) and not all(keys):
-            raise ValueError("GPT2_API_KEYS is set but holds an empty key; give comma-separated non-empty keys, "
+            raise ValueError("set but holds an empty key; give comma-separated non-empty keys, "
                              "or leave it unset to serve without authentication")
         for entry in keys if isinstance(keys, list) else []:
             name, sep, key = entry.partition(":") if isinstance(entry, str) else ("", "", "")
             if sep and not (KEY_CLASS.fullmatch(name) and key):
-                raise ValueError("an entry of GPT2_API_KEYS with a ':' is class:key, the class made of letters, "
+                raise ValueError("an entry with a ':' is class:key, the class made of letters, "
                                  "digits, '_', '-' or '.' (at most 32) and the key non-empty; write a key that "
                                  "holds a ':' as default:<key>")
         return keys

@@ -1,7 +1,6 @@
 """The scoring maths without a model: window plans, merging, statistics and an input's result, and
 the request schema."""
 
-import json
 import math
 import random
 from types import SimpleNamespace
