@@ -6,8 +6,9 @@ fed the same workloads in alternation (these machines are shared and noisy: rati
 Each repeat uses fresh random prompts, so the "on" server never profits from an earlier repeat.
 
 - mc: lm-evaluation-harness multiple choice (loglikelihood requests): --items items x 4 choices, a
-  250-token context and 8-token continuations, echo + logprobs=1 + max_tokens=0, 8 clients.
-  Requests/s, and the largest difference between the two servers' logprobs.
+  250-token context and 8-token continuations, echo + logprobs=1 + max_tokens=0, --clients clients.
+  Requests/s, the share of the time the engine was stepping, and the largest difference between
+  the two servers' logprobs.
 - fork: n=8 completions of a 400-token prompt (16 new tokens, streamed): time until the first
   choice's first token and until every choice has one; prompt tokens computed (from /metrics).
 - instructions: 32 clients x 4 requests, each a 500-token shared instruction + a 20-token question
@@ -52,9 +53,19 @@ async def first_tokens(client: httpx.AsyncClient, body: dict) -> tuple[list[floa
     return sorted(firsts.values()), time.perf_counter() - start
 
 
-async def prefill_tokens(client: httpx.AsyncClient) -> float:
+async def counter(client: httpx.AsyncClient, prefix: str) -> float:
+    """The sum of the samples on /metrics whose line starts with `prefix`."""
     text = (await client.get("/metrics")).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("gpt2_prefill_tokens_total"))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+async def prefill_tokens(client: httpx.AsyncClient) -> float:
+    return await counter(client, "gpt2_prefill_tokens_total")
+
+
+async def engine_seconds(client: httpx.AsyncClient) -> float:
+    """Seconds the engine spent in steps so far."""
+    return await counter(client, "gpt2_step_duration_seconds_sum")
 
 
 async def pool(jobs: list, clients: int) -> list:
@@ -83,9 +94,11 @@ async def mc(client, rng, args) -> dict:
         response.raise_for_status()
         return response.json()["choices"][0]["logprobs"]["token_logprobs"]
 
-    start = time.perf_counter()
-    logprobs = await pool([lambda p=p: one(p) for p in requests], 8)
-    return {"req/s": len(requests) / (time.perf_counter() - start), "_logprobs": logprobs}
+    start, busy = time.perf_counter(), await engine_seconds(client)
+    logprobs = await pool([lambda p=p: one(p) for p in requests], args.clients)
+    wall = time.perf_counter() - start
+    return {"req/s": len(requests) / wall, "engine busy %": 100 * (await engine_seconds(client) - busy) / wall,
+            "_logprobs": logprobs}
 
 
 async def fork(client, rng, args) -> dict:
@@ -174,6 +187,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--items", type=int, default=64, help="multiple-choice items (4 requests each)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the multiple-choice workload")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     asyncio.run(main_async(parser.parse_args()))
