@@ -89,16 +89,7 @@ def test_sigterm_closes_idle_connections_and_cuts_bodies_still_arriving_at_once(
         drip = socket.create_connection(("127.0.0.1", port), timeout=10)
         drip.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{")
-        events = []
-
-        def stream() -> None:
-            body = {"prompt": "go", "max_tokens": 480, "ignore_eos": True, "stream": True}
-            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
-                events.extend(line for line in response.iter_lines() if line.startswith("data: "))
-
-        streaming = threading.Thread(target=stream)
-        streaming.start()
-        wait_for(lambda: len(events) > 2)
+        events, streaming = start_a_long_stream(url)
         time.sleep(0.2)  # the dripping request is in the app, waiting for its body
         proc.send_signal(signal.SIGTERM)
         start = time.monotonic()
@@ -126,16 +117,7 @@ def test_plain_uvicorn_drains_on_sigterm_too(tiny_model_dir):
                  ("uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1", "--port", str(port)))
     try:
         wait_ready(url, proc)
-        events = []
-
-        def stream() -> None:
-            body = {"prompt": "go", "max_tokens": 480, "ignore_eos": True, "stream": True}
-            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
-                events.extend(line for line in response.iter_lines() if line.startswith("data: "))
-
-        streaming = threading.Thread(target=stream)
-        streaming.start()
-        wait_for(lambda: len(events) > 2)
+        events, streaming = start_a_long_stream(url)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         late = httpx.post(f"{url}/v1/completions", json={"prompt": "late"}, timeout=10)
@@ -148,3 +130,18 @@ def test_plain_uvicorn_drains_on_sigterm_too(tiny_model_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def start_a_long_stream(url: str) -> tuple[list[str], threading.Thread]:
+    """A 480-token stream in a thread, once its first events have arrived: (its events so far, the thread)."""
+    events: list[str] = []
+
+    def stream() -> None:
+        body = {"prompt": "go", "max_tokens": 480, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+            events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    wait_for(lambda: len(events) > 2)
+    return events, streaming

@@ -6,15 +6,97 @@ from pathlib import Path
 APP = Path(__file__).resolve().parents[2] / "app"
 
 
-def imported_modules(path: Path) -> set[str]:
+def imported_modules(path: Path, with_names: bool = False) -> set[str]:
+    """The modules `path` imports, anywhere in it (functions too) but for `if TYPE_CHECKING:` blocks,
+    which never run. With `with_names`, also `package.name` for each `from package import name`."""
     tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # (drop the typing-only blocks before walking the imports)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            node.body = []
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            if with_names:
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+# Who may import whom, by room (a package under app/, or a top-level module): the picture of
+# README's "How it works", kept true. A room imports itself freely; an edge not listed fails.
+ROOMS = {
+    "model": set(),  # torch only: GPT-2, the loader, the tokenizer, sampling maths
+    "engine": {"model"},  # the engine process (and the client, its one door)
+    "train": {"model"},
+    "config": set(),
+    "logs": {"config"},
+    "scoring": {"engine"},  # /v1/score's maths, over the engine's score types
+    "detect": {"scoring"},  # the judge, calibrate and train-detector (reach a server through a client)
+    "metrics": {"engine"},
+    "embedding_stats": {"config", "detect", "engine", "model"},
+    "service": {"config", "detect", "embedding_stats", "engine", "logs", "model"},
+    "api": {"config", "detect", "engine", "metrics", "model", "scoring", "service"},
+    "main": {"api", "config", "detect", "engine", "logs", "service"},
+    "connection": {"config", "main"},
+    "server": {"api", "config", "engine", "logs", "main", "service"},
+    "cli": {"config", "connection", "detect", "logs", "model", "server", "train"},
+}
+
+
+def room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "app" and len(parts) > 1 else None
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the app by its dotted name."""
+    found = {}
+    for path in APP.rglob("*.py"):
+        found[".".join(path.relative_to(APP.parent).with_suffix("").parts).removesuffix(".__init__")] = path
+    return found
+
+
+def test_each_room_imports_only_the_rooms_below_it():
+    crossings = set()
+    for name, path in modules().items():
+        mine = room(name)
+        for module in imported_modules(path):
+            theirs = room(module)
+            if theirs is not None and theirs != mine:
+                crossings.add((mine, theirs, name))
+    assert len(crossings) >= 20  # the rule must be checking real imports
+    assert {room for room, _, _ in crossings} <= set(ROOMS), "a new room: place it in ROOMS"
+    assert sorted(f"{name} imports app.{theirs}" for mine, theirs, name in crossings if theirs not in ROOMS[mine]) == []
+
+
+def test_the_rooms_are_layers():
+    """The allow-list has no circle: the rooms can be stacked, each importing only the ones below."""
+    placed: list[str] = []
+    while len(placed) < len(ROOMS):
+        ready = [r for r, below in ROOMS.items() if r not in placed and below <= set(placed)]
+        assert ready, f"a circle among {sorted(set(ROOMS) - set(placed))}"
+        placed.extend(sorted(ready))
+
+
+def test_no_module_imports_itself_through_others():
+    """0 import circles among the app's modules (imports inside functions count; typing-only don't)."""
+    names = modules()
+    graph = {name: {m for m in imported_modules(path, with_names=True) if m in names and m != name}
+             for name, path in names.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(name):] + (name,)))
+        if name not in done:
+            for imported in sorted(graph[name]):
+                visit(imported, (*path, name))
+            done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
 
 
 def test_engine_and_model_never_import_the_web_stack():
