@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.service import prepare_engine_environment  # noqa: E402
+from app.engine.process import prepare_engine_environment  # noqa: E402
 
 prepare_engine_environment()  # as the engine process does, before torch is imported
 

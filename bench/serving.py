@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app.service import prepare_engine_environment  # noqa: E402
+from app.engine.process import prepare_engine_environment  # noqa: E402
 
 prepare_engine_environment()  # as the engine process does, before torch is imported
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from app.config import Settings
+from app.engine.process import build_core
 from app.engine.protocol import EngineRequest, Fault
 from app.engine.sequence import FinishReason, SamplingParams
-from app.service import build_core
 from tests.conftest import TINY
 
 
