@@ -33,10 +33,8 @@ prepare_engine_environment()  # as the engine process does, before torch is impo
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
-from app.engine.inspection import EmbedParams  # noqa: E402
 from app.engine.process import build_core  # noqa: E402
-from app.engine.protocol import EngineRequest  # noqa: E402
-from app.engine.sequence import SamplingParams  # noqa: E402
+from app.engine.protocol import EmbedParams, EngineRequest, SamplingParams  # noqa: E402
 from app.model.gpt2 import AttentionPlan, KVCache, Prefill  # noqa: E402
 from bench.score import Server  # noqa: E402
 

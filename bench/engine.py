@@ -32,8 +32,7 @@ import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.engine.process import build_core  # noqa: E402
-from app.engine.protocol import EngineRequest  # noqa: E402
-from app.engine.sequence import SamplingParams  # noqa: E402
+from app.engine.protocol import EngineRequest, SamplingParams  # noqa: E402
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> tuple[float, float]:

@@ -32,10 +32,8 @@ prepare_engine_environment()  # as the engine process does, before torch is impo
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
-from app.engine.inspection import ExplainParams  # noqa: E402
 from app.engine.process import build_core  # noqa: E402
-from app.engine.protocol import EngineRequest  # noqa: E402
-from app.engine.sequence import SamplingParams  # noqa: E402
+from app.engine.protocol import EngineRequest, ExplainParams, SamplingParams  # noqa: E402
 from bench.score import Server  # noqa: E402
 
 SETTINGS = {"no explain": None,

@@ -70,8 +70,7 @@ class Clock:
 def engine_only(model_dir: str, sequences: int, new: int, device: str) -> dict:
     from app.config import Settings
     from app.engine.process import build_core
-    from app.engine.protocol import EngineRequest
-    from app.engine.sequence import SamplingParams
+    from app.engine.protocol import EngineRequest, SamplingParams
 
     core, _ = build_core(Settings(model=model_dir, load_format="dummy", device=device, max_batch_size=sequences,
                                   max_num_batched_tokens=max(2048, sequences), max_queue=sequences))

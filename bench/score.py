@@ -42,9 +42,8 @@ import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.engine.process import build_core  # noqa: E402
-from app.engine.protocol import EngineRequest  # noqa: E402
+from app.engine.protocol import EngineRequest, SamplingParams  # noqa: E402
 from app.engine.runner import SCORE_ROWS  # noqa: E402
-from app.engine.sequence import SamplingParams  # noqa: E402
 from app.model.gpt2 import AttentionPlan, KVCache, Prefill  # noqa: E402
 
 

@@ -4,7 +4,7 @@ here: submitting sequences (validated once, admitted all together or not at all)
 their outputs as async iterators, the engine's stats, and whether it is alive.
 
     engine = await EngineClient.start(target, settings, max_queue=..., step_timeout=...)
-    streams = engine.submit([(request_id, prompt_token_ids, params), ...])  # raises at once if refused
+    streams = engine.submit([EngineRequest(request_id, prompt_token_ids, params), ...])  # raises at once if refused
     try:
         async for output in streams[0]: ...
     finally:
@@ -47,11 +47,12 @@ from app.engine.protocol import (
     EngineRequest,
     Fault,
     Hello,
+    RequestOutput,
+    RequestStats,
+    StepStats,
     client_decoder,
     encoder,
 )
-from app.engine.sequence import RequestOutput, SamplingParams
-from app.engine.stats import RequestStats, StepStats
 from app.engine.validation import validate_sequence
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,6 @@ class EngineDeadError(RuntimeError):
 
 class EngineStartError(RuntimeError):
     """The engine core could not start (e.g. the model failed to load); the message says why."""
-
-
-Submission = tuple[str, list[int], SamplingParams]  # (request id, prompt token ids, parameters)
 
 
 @dataclass(frozen=True)
@@ -234,26 +232,26 @@ class EngineClient:
                    identity=f"api-{handle.row}".encode())
 
     # --- requests ----------------------------------------------------------------------------
-    def submit(self, sequences: list[Submission], tenant: Tenant | None = None) -> list[RequestStream]:
+    def submit(self, requests: list[EngineRequest], tenant: Tenant | None = None) -> list[RequestStream]:
         """Queue these sequences all together, or none of them, for `tenant` (None: an anonymous
-        caller in slot 0). Raises InvalidRequestError (from validation.py) if one can never run,
-        QueueFullError (admission.py) if the engine is at capacity, or this tenant past its share
-        of it, EngineDeadError if the engine is gone."""
+        caller in slot 0); stamps each with its arrival time and tenant. Raises InvalidRequestError
+        (from validation.py) if one can never run, QueueFullError (admission.py) if the engine is at
+        capacity, or this tenant past its share of it, EngineDeadError if the engine is gone."""
         if self.dead is not None:
             raise EngineDeadError(self.dead)
-        for request_id, prompt, params in sequences:
-            validate_sequence(prompt, params, self.info)
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already running")
+        for request in requests:
+            validate_sequence(request.prompt_token_ids, request.params, self.info)
+            if request.request_id in self._streams:
+                raise ValueError(f"request id {request.request_id!r} is already running")
         tenant = tenant or ANONYMOUS
-        self.admission.admit(tenant, len(sequences))
+        self.admission.admit(tenant, len(requests))
         if not self._streams:
             self._last_heard = time.monotonic()  # the engine had nothing to say until now
         now = time.monotonic()
         name = tenant.name if self.admission.fair else ""  # the same for all: the engine's queue is then FIFO
-        requests = [EngineRequest(request_id, prompt, params, now, name, tenant.weight)
-                    for request_id, prompt, params in sequences]
-        streams = [RequestStream(request_id, tenant.slot) for request_id, _, _ in sequences]
+        for request in requests:
+            request.arrival_time, request.tenant, request.weight = now, name, tenant.weight
+        streams = [RequestStream(request.request_id, tenant.slot) for request in requests]
         self._send(AddRequests(requests))
         for stream in streams:
             self._streams[stream.request_id] = stream

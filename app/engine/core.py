@@ -21,14 +21,16 @@ from app.engine.protocol import (
     EngineOutputs,
     EngineRequest,
     Fault,
+    FinishReason,
     Hello,
+    RequestOutput,
+    StepStats,
     core_decoder,
     encoder,
 )
 from app.engine.runner import ModelRunner
 from app.engine.scheduler import Scheduler, SchedulerOutput
-from app.engine.sequence import FinishReason, RequestOutput, Sequence
-from app.engine.stats import StepStats
+from app.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ import torch
 
 from app.config import Settings
 from app.engine.process import build_core
-from app.engine.protocol import EngineRequest, Fault
-from app.engine.sequence import FinishReason, SamplingParams
+from app.engine.protocol import EngineRequest, Fault, FinishReason, SamplingParams
 from tests.conftest import TINY
 
 
