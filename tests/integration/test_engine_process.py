@@ -61,7 +61,7 @@ def test_a_dead_or_hung_engine_fails_every_request_in_flight_and_turns_the_probe
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_dead"
         assert "gpt2_engine_up 0.0" in httpx.get(f"{url}/metrics").text
         assert engine.num_unfinished == 0
-        wait_for(lambda: not engine._process.process.is_alive())  # a hung engine is killed, not left behind
+        wait_for(lambda: not engine.supervisor.process.process.is_alive())  # a hung engine is killed, not left behind
         assert to_503 < (2.0 if how == "killed" else 1.0 + 2.0)  # at once / after GPT2_STEP_TIMEOUT
     finally:
         server.stop()
