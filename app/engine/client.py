@@ -38,7 +38,6 @@ from app.engine.protocol import (
     EngineInfo,
     EngineOutputs,
     EngineRequest,
-    Fault,
     Hello,
     StepStats,
     client_decoder,
@@ -108,8 +107,8 @@ class EngineClient:
         # who hears of what: the parts' own lists (metrics and the lifecycle append to them)
         self.step_listeners, self.request_listeners = self.streams.step_listeners, self.streams.request_listeners
         self.death_listeners = self.supervisor.death_listeners
-        self._loop = asyncio.get_running_loop()
-        self._receiving = self._loop.create_task(self._receive())
+        self.loop = asyncio.get_running_loop()
+        self._receiving = self.loop.create_task(self._receive())
 
     @classmethod
     async def start(cls, target: Callable, *args, max_queue: int, step_timeout: float,
@@ -164,10 +163,6 @@ class EngineClient:
         ids = self.streams.drop(request_ids)
         if ids and self.dead is None:
             self.transport.send(AbortRequests(ids))
-
-    def inject(self, fault: Fault) -> None:
-        """Make the engine misbehave (tests and chaos drills only; may be called from any thread)."""
-        self._loop.call_soon_threadsafe(self.transport.send, fault)
 
     # --- state, stats and listeners (the parts' own) ---------------------------------------------
     @property

@@ -14,8 +14,8 @@ norm). Attention layer l (0-based) is block l's.
 """
 
 import enum
-import os
-import time
+import functools
+import operator
 
 import msgspec
 
@@ -230,30 +230,7 @@ class Hello(msgspec.Struct, tag="hello", array_like=True):
     records_step_stats: bool = True
 
 
-class Fault(msgspec.Struct, tag="fault", array_like=True, omit_defaults=True):
-    """For tests and chaos drills: make the engine misbehave from its next step on."""
-
-    step_delay: float = 0.0  # seconds added to every step
-    token_delay: float = 0.0  # seconds added to a step per token it holds (a slow model: long steps are big ones)
-    failing_steps: int = 0  # this many steps raise
-    hang: float = 0.0  # the next step blocks this long
-    exit_code: int | None = None  # the engine process exits at once, with this code
-
-    def strike(self, tokens: int = 0) -> None:
-        """Called before each step's forward pass, with the step's number of tokens."""
-        if self.exit_code is not None:
-            os._exit(self.exit_code)
-        if self.hang:
-            hang, self.hang = self.hang, 0.0
-            time.sleep(hang)
-        if self.step_delay or self.token_delay:
-            time.sleep(self.step_delay + self.token_delay * tokens)
-        if self.failing_steps:
-            self.failing_steps -= 1
-            raise RuntimeError("injected fault")
-
-
-ClientMessage = AddRequests | AbortRequests | Hello | Fault
+ClientMessage = AddRequests | AbortRequests | Hello
 
 
 class EngineOutputs(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
@@ -297,6 +274,6 @@ def client_decoder() -> msgspec.msgpack.Decoder:
     return msgspec.msgpack.Decoder(EngineOutputs)
 
 
-def core_decoder() -> msgspec.msgpack.Decoder:
-    """Decodes what clients send to the core."""
-    return msgspec.msgpack.Decoder(ClientMessage)
+def core_decoder(*extra: type) -> msgspec.msgpack.Decoder:
+    """Decodes what clients send to the core (and `extra` message types: faults.py's, in tests)."""
+    return msgspec.msgpack.Decoder(functools.reduce(operator.or_, extra, ClientMessage))
