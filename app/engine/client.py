@@ -10,16 +10,13 @@ their outputs as async iterators, the engine's stats, and whether it is alive.
     finally:
         engine.close(streams)  # aborts what is still running (e.g. the client went away)
 
-Admission (admission.py): every sequence is counted for its tenant (an API key or a client
-address) in a table all API processes share; submit() refuses with QueueFullError past the engine's
-capacity, unless the tenant is under its fair share. The tenant travels with each sequence to the
-engine, whose waiting queue serves tenants in weighted fair order (fair_queue.py).
-
 The door is one object made of parts with one job each: `Transport` (the socket, msgpack both
-ways), admission (admission.py), stream routing (streams.py: outputs to their RequestStream, stats
-to their listeners) and supervision (supervision.py: the process's sentinel, its pid, the step
-timeout; on a death every stream in flight ends with EngineDeadError and the death listeners hear
-the reason).
+ways); admission (admission.py: every sequence counted for its tenant, an API key or a client
+address, in a table all API processes share; submit() refuses with QueueFullError past the
+engine's capacity unless the tenant is under its fair share, and the engine's queue serves tenants
+in weighted fair order, fair_queue.py); stream routing (streams.py: outputs to their RequestStream,
+stats to their listeners); supervision (supervision.py: the engine process, its liveness; on a
+death every stream in flight ends with EngineDeadError and the death listeners hear the reason).
 """
 
 import asyncio
@@ -134,8 +131,8 @@ class EngineClient:
         caller in slot 0); stamps each with its arrival time and tenant. Raises InvalidRequestError
         (from validation.py) if one can never run, QueueFullError (admission.py) if the engine is at
         capacity, or this tenant past its share of it, EngineDeadError if the engine is gone."""
-        if self.dead is not None:
-            raise EngineDeadError(self.dead)
+        if self.supervisor.dead is not None:
+            raise EngineDeadError(self.supervisor.dead)
         for request in requests:
             validate_sequence(request.prompt_token_ids, request.params, self.info)
             if request.request_id in self.streams:
@@ -161,7 +158,7 @@ class EngineClient:
     def abort(self, request_ids: list[str]) -> None:
         """Stop these sequences; their streams end at once. Their aborts' stats still arrive."""
         ids = self.streams.drop(request_ids)
-        if ids and self.dead is None:
+        if ids and self.supervisor.dead is None:
             self.transport.send(AbortRequests(ids))
 
     # --- state, stats and listeners (the parts' own) ---------------------------------------------
@@ -169,20 +166,6 @@ class EngineClient:
     def num_unfinished(self) -> int:
         """Sequences this client has in the engine."""
         return len(self.streams)
-
-    @property
-    def capacity(self) -> int:
-        """Sequences the engine holds (running slots + GPT2_MAX_QUEUE), over every API process."""
-        return self.admission.capacity
-
-    @capacity.setter
-    def capacity(self, value: int) -> None:
-        self.admission.capacity = value
-
-    @property
-    def dead(self) -> str | None:
-        """Why the engine is gone, once it is."""
-        return self.supervisor.dead
 
     @property
     def is_alive(self) -> bool:
@@ -200,7 +183,7 @@ class EngineClient:
 
     async def shutdown(self) -> None:
         """Disconnect; stop the engine process if this client started it."""
-        self.streams.fail_all(EngineDeadError(self.dead or "the engine was stopped"))
+        self.streams.fail_all(EngineDeadError(self.supervisor.dead or "the engine was stopped"))
         self._receiving.cancel()
         await self.supervisor.stop()
         self.transport.close()

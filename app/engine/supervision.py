@@ -1,12 +1,6 @@
-"""Supervision, in an API process: starting the engine core's process, and knowing whether it lives.
-
-A client that started the engine process watches it end (its sentinel); any client watches that
-it answers: with sequences in flight and no message for `step_timeout` seconds the engine is
-declared hung (the engine keeps sending heartbeats while a step runs as long as its size makes
-likely, so a long step is not taken for a hang: heartbeat.py); a client that did not start it
-checks that its pid lives. Either way the death listeners hear the reason, once (the client
-fails every stream in flight with EngineDeadError; the API turns its probes to 503 and exits).
-"""
+"""Supervision, in an API process: starting the engine core's process, and knowing whether it
+lives. A long step is not taken for a hang: the engine sends heartbeats while a step runs as long
+as its size makes likely (heartbeat.py)."""
 
 import asyncio
 import contextlib
@@ -87,9 +81,11 @@ def _kill(process: multiprocessing.Process) -> None:
 
 
 class Supervisor:
-    """Declares the engine dead, once, with the reason: its process ended (`process`: this API
-    process started it), its pid is gone (another process started it), or it fell silent for
-    `step_timeout` seconds while `in_flight()` sequences wait. Call `heard()` on every message."""
+    """Declares the engine dead, once, with the reason, to the death listeners (the client fails
+    its streams, the API turns its probes to 503 and exits): its process ended (`process`: this
+    API process started it and watches its sentinel), its pid is gone (another process started
+    it), or it fell silent for `step_timeout` seconds while `in_flight()` sequences wait (hung).
+    Call `heard()` on every message."""
 
     def __init__(self, info: EngineInfo, step_timeout: float, process: EngineProcess | None,
                  in_flight: Callable[[], int]):

@@ -220,11 +220,11 @@ def test_rejections_by_reason(server):
     finally:
         state.callers = callers
     engine = server.engine
-    engine.capacity, capacity = 0, engine.capacity  # every request finds the engine full
+    engine.admission.capacity, capacity = 0, engine.admission.capacity  # every request finds the engine full
     try:
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 429
     finally:
-        engine.capacity = capacity
+        engine.admission.capacity = capacity
     for phase in (Phase.DRAINING, Phase.LOADING):
         state.lifecycle.phase = phase
         try:
