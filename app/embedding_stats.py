@@ -6,7 +6,7 @@ beside the model (`embedding-stats.json`); later starts with the same model and 
 Why: raw GPT-2 hidden states are anisotropic. A few dimensions with large values dominate them, so
 any two texts' pooled vectors have a cosine similarity near 1. Subtracting the corpus mean and
 dividing by its standard deviation, dimension by dimension, removes most of that (Timkey & van
-Schijndel, 2021). Runs in the engine process only (service.build_core).
+Schijndel, 2021). Runs in the engine process only (engine/process.py).
 """
 
 import hashlib

@@ -50,7 +50,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from app.engine.stats import RequestStats, StepStats
+from app.engine.protocol import RequestStats, StepStats
 
 if TYPE_CHECKING:
     from app.engine.client import EngineClient

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from app.engine.sequence import PromptScores, SamplingParams
+from app.engine.protocol import PromptScores, SamplingParams
 
 # GLTR's colour buckets (Gehrmann et al., 2019): rank <= 10, <= 100, <= 1000, and the rest
 GLTR_BOUNDS = (10, 100, 1000)

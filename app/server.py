@@ -116,7 +116,7 @@ def run_api_server(settings: Settings, handle: EngineHandle | None = None, sock:
 def supervise(settings: Settings) -> int:
     """Bind, start the engine and GPT2_API_SERVERS API processes; return the exit code."""
     from app.api.auth import Callers
-    from app.service import run_engine_core
+    from app.engine.process import run_engine_core
 
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -109,7 +109,7 @@ def throughput(args) -> None:
 def judge_cost(judge: Judge, tokens: int, repeats: int = 2000) -> float:
     """Microseconds per input of what the route adds with a judge (best of 5 runs of `repeats`)."""
     from app.api.score import judge_verdict
-    from app.engine.sequence import PromptScores
+    from app.engine.protocol import PromptScores
 
     rng = np.random.default_rng(2)
     scores = PromptScores(token_logprobs=(-rng.exponential(3, tokens)).tolist(),

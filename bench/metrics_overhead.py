@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.service import prepare_engine_environment  # noqa: E402
+from app.engine.process import prepare_engine_environment  # noqa: E402
 
 prepare_engine_environment()  # as the engine process does, before torch is imported
 
@@ -37,8 +37,7 @@ import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.engine.client import EngineClient  # noqa: E402
-from app.engine.sequence import SamplingParams  # noqa: E402
-from app.engine.stats import RequestStats, StepStats  # noqa: E402
+from app.engine.protocol import EngineRequest, RequestStats, SamplingParams, StepStats  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
 from app.service import start_engine  # noqa: E402
 
@@ -67,7 +66,8 @@ async def run(engine: EngineClient, metrics: Metrics | None, prompts: list[list[
         where.append(listener)
     try:
         start = time.perf_counter()
-        streams = engine.submit([(f"m{time.monotonic_ns()}-{i}", p, params) for i, p in enumerate(prompts)])
+        streams = engine.submit([EngineRequest(f"m{time.monotonic_ns()}-{i}", p, params)
+                                 for i, p in enumerate(prompts)])
         tokens = sum(await asyncio.gather(*(one(s) for s in streams)))
         wall = time.perf_counter() - start
     finally:

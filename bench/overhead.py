@@ -32,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app.service import prepare_engine_environment  # noqa: E402
+from app.engine.process import prepare_engine_environment  # noqa: E402
 
 prepare_engine_environment()  # as the engine process does, before torch is imported
 
@@ -69,9 +69,8 @@ class Clock:
 
 def engine_only(model_dir: str, sequences: int, new: int, device: str) -> dict:
     from app.config import Settings
-    from app.engine.protocol import EngineRequest
-    from app.engine.sequence import SamplingParams
-    from app.service import build_core
+    from app.engine.process import build_core
+    from app.engine.protocol import EngineRequest, SamplingParams
 
     core, _ = build_core(Settings(model=model_dir, load_format="dummy", device=device, max_batch_size=sequences,
                                   max_num_batched_tokens=max(2048, sequences), max_queue=sequences))

@@ -34,18 +34,17 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.service import prepare_engine_environment  # noqa: E402
+from app.engine.process import prepare_engine_environment  # noqa: E402
 
 prepare_engine_environment()  # as the engine process does, before torch is imported
 
 import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
-from app.engine.protocol import EngineRequest  # noqa: E402
+from app.engine.process import build_core  # noqa: E402
+from app.engine.protocol import EngineRequest, SamplingParams  # noqa: E402
 from app.engine.runner import SCORE_ROWS  # noqa: E402
-from app.engine.sequence import SamplingParams  # noqa: E402
 from app.model.gpt2 import AttentionPlan, KVCache, Prefill  # noqa: E402
-from app.service import build_core  # noqa: E402
 
 
 def bare_forward(model, cache: KVCache, texts: list[list[int]], per_pass: int, rows: int = 256) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app.service import prepare_engine_environment  # noqa: E402
+from app.engine.process import prepare_engine_environment  # noqa: E402
 
 prepare_engine_environment()  # as the engine process does, before torch is imported
 
@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.engine.client import EngineClient  # noqa: E402
-from app.engine.sequence import SamplingParams  # noqa: E402
+from app.engine.protocol import EngineRequest, SamplingParams  # noqa: E402
 from app.service import start_engine  # noqa: E402
 
 
@@ -72,7 +72,7 @@ async def http_stream(client: httpx.AsyncClient, prompt: list[int], new: int) ->
 async def direct_stream(engine: EngineClient, rid: str, prompt: list[int], new: int) -> tuple[int, float]:
     params = SamplingParams(max_tokens=new, temperature=0.0, ignore_eos=True)
     start = time.perf_counter()
-    (stream,) = engine.submit([(rid, prompt, params)])
+    (stream,) = engine.submit([EngineRequest(rid, prompt, params)])
     tokens = sum([len(o.token_ids) async for o in stream])
     return tokens, time.perf_counter() - start
 

@@ -7,6 +7,7 @@ import os
 import shutil
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the tests may reach the hub
+os.environ["GPT2_TEST_FAULTS"] = "1"  # the engines the tests start accept injected faults (app/engine/faults.py)
 
 import pytest
 import torch

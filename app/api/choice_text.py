@@ -8,7 +8,7 @@ a stop string found anywhere ends the choice there, the stop text itself left ou
 import codecs
 from dataclasses import dataclass
 
-from app.engine.sequence import PromptScores, TokenLogprob
+from app.engine.protocol import PromptScores, TokenLogprob
 from app.model.tokenizer import Tokenizer
 
 

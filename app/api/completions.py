@@ -21,8 +21,7 @@ from app.api.record import RecordDep, RequestRecord
 from app.api.schemas import CompletionRequest, CompletionResponse, PromptTokensDetails, Usage
 from app.api.submission import check, engine_dead, gather_all, submit_all
 from app.engine.client import EngineClient, EngineDeadError, RequestStream
-from app.engine.sequence import FinishReason, RequestOutput
-from app.engine.stats import RequestStats
+from app.engine.protocol import EngineRequest, FinishReason, RequestOutput, RequestStats
 from app.service import Service
 
 router = APIRouter(tags=["completions"], route_class=OffloadRoute)
@@ -139,12 +138,13 @@ def cost(body: CompletionRequest, prompts: list[list[int]]) -> tuple[int, int, i
 def submit(service: Service, body: CompletionRequest, prompts: list[list[int]], request_id: str) -> list[Choice]:
     """n choices per prompt, queued all together or not at all."""
     params = [body.to_sampling_params(j) for j in range(body.n)]
-    sequences = [(f"{request_id}-{i * body.n + j}", ids, params[j]) for i, ids in enumerate(prompts)
+    sequences = [EngineRequest(f"{request_id}-{i * body.n + j}", ids, params[j]) for i, ids in enumerate(prompts)
                  for j in range(body.n)]
     streams = submit_all(service, sequences)
     echo_scores = body.echo and body.logprobs is not None
     choices = []
-    for index, ((_, ids, _), stream) in enumerate(zip(sequences, streams, strict=True)):
+    for index, (sequence, stream) in enumerate(zip(sequences, streams, strict=True)):
+        ids = sequence.prompt_token_ids
         prefix = service.tokenizer.decode(ids) if body.echo and not echo_scores else ""
         text = ChoiceText(service.tokenizer, body.stop, prefix, with_entries=body.logprobs is not None)
         choices.append(Choice(index, ids, stream, service.engine, text, echo_scores, body.logprobs is not None))

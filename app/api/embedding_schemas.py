@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas import Prompt, Text
-from app.engine.inspection import EmbedParams
+from app.engine.protocol import EmbedParams
 
 
 class EmbeddingRequest(BaseModel):

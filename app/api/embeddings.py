@@ -20,8 +20,7 @@ from app.api.offload import OffloadRoute, encode_texts, json_response
 from app.api.record import RecordDep
 from app.api.submission import check, gather_all, submit_all
 from app.engine.client import RequestStream
-from app.engine.protocol import EngineInfo
-from app.engine.sequence import SamplingParams
+from app.engine.protocol import EngineInfo, EngineRequest, SamplingParams
 from app.service import Service
 
 router = APIRouter(tags=["embeddings"], route_class=OffloadRoute)
@@ -40,7 +39,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request, service: S
     size = service.info.hidden_size
     check_cost(len(prompts), sum(map(len, prompts)), len(prompts) * size, limits, "input")
     request_id = f"embd-{uuid.uuid4().hex}"
-    streams = submit_all(service, [(f"{request_id}-{i}", ids, params) for i, ids in enumerate(prompts)])
+    streams = submit_all(service, [EngineRequest(f"{request_id}-{i}", ids, params) for i, ids in enumerate(prompts)])
     record.prompt_tokens = sum(map(len, prompts))
     record.completion_tokens = 0
     record.prompt = body.input  # logged only with GPT2_LOG_PROMPTS

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.auth import Caller
-from app.engine.stats import RequestStats
+from app.engine.protocol import RequestStats
 
 
 @dataclass

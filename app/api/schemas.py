@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.engine.sequence import SamplingParams
+from app.engine.protocol import SamplingParams
 
 MAX_LOGPROBS = 5  # as OpenAI
 MAX_STOP = 4

@@ -41,10 +41,9 @@ from app.api.score_schemas import (
 from app.api.submission import check, gather_all, submit_all
 from app.detect.features import features
 from app.detect.judge import Judge
-from app.engine import inspection
+from app.engine import protocol
 from app.engine.client import RequestStream
-from app.engine.protocol import EngineInfo
-from app.engine.sequence import PromptScores, RequestOutput
+from app.engine.protocol import EngineInfo, PromptScores, RequestOutput
 from app.scoring import fast_detect_gpt, gltr_buckets, mean_log_rank, merge_windows, perplexity
 from app.service import Service
 
@@ -190,7 +189,7 @@ def detector_info(judge: Judge | None) -> DetectorInfo:
     return DetectorInfo(loaded=True, name=judge.name, threshold=judge.threshold)
 
 
-def explanation(readout: inspection.Readout | None, token_ids: list[int], explain: Explain, info: EngineInfo,
+def explanation(readout: protocol.Readout | None, token_ids: list[int], explain: Explain, info: EngineInfo,
                 token_str) -> Explanation:
     """The engine's readout of one input -> its `explanation`."""
     explained = readout.explanation if readout is not None else []
@@ -198,7 +197,7 @@ def explanation(readout: inspection.Readout | None, token_ids: list[int], explai
                        positions=[position(e, token_ids, explain, info, token_str) for e in explained])
 
 
-def position(e: inspection.PositionExplanation, token_ids: list[int], explain: Explain, info: EngineInfo,
+def position(e: protocol.PositionExplanation, token_ids: list[int], explain: Explain, info: EngineInfo,
              token_str) -> PositionExplanation:
     """One explained position, from the engine's flat arrays."""
     L, H = info.num_layers, info.num_heads

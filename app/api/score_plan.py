@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from app.api.errors import APIError
 from app.api.limits import Limits, check_cost, refuse
 from app.api.score_schemas import Explain, ScoreRequest
-from app.engine.client import Submission
-from app.engine.protocol import EngineInfo
-from app.engine.sequence import SamplingParams
+from app.engine.protocol import EngineInfo, EngineRequest, SamplingParams
 from app.scoring import Window, plan_windows, window_ends, window_params
 
 Pair = tuple[list[int], list[int]]  # (context ids, input ids) of one input; [] when it has no context
@@ -42,10 +40,11 @@ class ScorePlan:
     inputs: list[ScoredInput]
     entries: int  # per-token entries of the response (it is built in a thread when there are many)
 
-    def sequences(self, request_id: str) -> list[Submission]:
-        """(id, prompt ids, parameters) of every window of every input, in order."""
-        return [(f"{request_id}-{item.index}-{w}", item.token_ids[window.begin : window.end],
-                 window_params(item.params, window)) for item in self.inputs for w, window in enumerate(item.windows)]
+    def sequences(self, request_id: str) -> list[EngineRequest]:
+        """Every window of every input, in order."""
+        return [EngineRequest(f"{request_id}-{item.index}-{w}", item.token_ids[window.begin : window.end],
+                              window_params(item.params, window))
+                for item in self.inputs for w, window in enumerate(item.windows)]
 
 
 def plan(body: ScoreRequest, pairs: list[Pair], info: EngineInfo, limits: Limits) -> ScorePlan:

@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from typing_extensions import NotRequired, TypedDict  # pydantic needs typing_extensions' before Python 3.12
 
 from app.api.schemas import Text, Texts, TokenIds, form, one_of
-from app.engine.inspection import ExplainParams
-from app.engine.sequence import SamplingParams
+from app.engine.protocol import ExplainParams, SamplingParams
 
 MAX_TOP_LOGPROBS = 20
 MAX_ATTENTION_TOP_K = 1024  # GPT-2's longest context: a row is never longer

@@ -10,19 +10,19 @@ from typing import TypeVar
 from app.api.auth import current_caller
 from app.api.errors import APIError
 from app.engine.admission import QueueFullError
-from app.engine.client import EngineDeadError, RequestStream, Submission
-from app.engine.sequence import FinishReason, RequestOutput
+from app.engine.client import EngineDeadError, RequestStream
+from app.engine.protocol import EngineRequest, FinishReason, RequestOutput
 from app.engine.validation import InvalidRequestError
 from app.service import Service
 
 T = TypeVar("T")
 
 
-def submit_all(service: Service, sequences: list[Submission]) -> list[RequestStream]:
-    """Queue (request id, prompt ids, params) for each sequence, or none of them, for the request's
-    caller (its tenant shares the engine fairly with the others): 400 if one can never run, 429
-    while the engine is at capacity (or the caller is past its share), 503 when it is gone. (The
-    request's size was checked against its limits before: app/api/limits.py.)"""
+def submit_all(service: Service, sequences: list[EngineRequest]) -> list[RequestStream]:
+    """Queue every sequence, or none of them, for the request's caller (its tenant shares the
+    engine fairly with the others): 400 if one can never run, 429 while the engine is at capacity
+    (or the caller is past its share), 503 when it is gone. (The request's size was checked
+    against its limits before: app/api/limits.py.)"""
     caller = current_caller.get()
     try:
         return service.engine.submit(sequences, caller.tenant if caller is not None else None)

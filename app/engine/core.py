@@ -10,9 +10,11 @@ import os
 import threading
 import time
 
+import msgspec
 import numpy as np
 import zmq
 
+from app.engine import faults
 from app.engine.heartbeat import Heartbeat, StepSpeed
 from app.engine.memory import device_memory_readers, release_free_memory
 from app.engine.protocol import (
@@ -20,15 +22,16 @@ from app.engine.protocol import (
     AddRequests,
     EngineOutputs,
     EngineRequest,
-    Fault,
+    FinishReason,
     Hello,
+    RequestOutput,
+    StepStats,
     core_decoder,
     encoder,
 )
 from app.engine.runner import ModelRunner
 from app.engine.scheduler import Scheduler, SchedulerOutput
-from app.engine.sequence import FinishReason, RequestOutput, Sequence
-from app.engine.stats import StepStats
+from app.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class EngineCore:
     def __init__(self, runner: ModelRunner, scheduler: Scheduler, seed: int = 0):
         self.runner = runner
         self.scheduler = scheduler
-        self.fault: Fault | None = None  # tests and chaos drills only
+        self.fault: faults.Fault | None = None  # tests only (faults.py)
         self.running_step: tuple[float, int] | None = None  # (start, tokens) of the step executing now
         self._seeds = np.random.default_rng(seed)  # streams of requests that bring no seed
 
@@ -114,7 +117,7 @@ class CoreServer:
         self.last_sent: dict[bytes, float] = {}  # client identity -> when it last heard from us
         self.stats_client: bytes | None = None
         self._encode = encoder().encode
-        self._decode = core_decoder().decode
+        self._decode = (core_decoder(faults.Fault) if faults.enabled() else core_decoder()).decode
         self._read_memory = device_memory_readers(device)[0]
         self._memory_read_at = 0.0
         self._reported_busy = False  # the stats client last heard of running or waiting sequences
@@ -170,7 +173,12 @@ class CoreServer:
                 identity, payload = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._handle(identity, self._decode(payload))
+            try:
+                message = self._decode(payload)
+            except msgspec.DecodeError as exc:  # e.g. a Fault where faults are off: refused, not fatal
+                log.warning("dropped a message the engine does not accept: %s", exc)
+                continue
+            self._handle(identity, message)
 
     def _handle(self, identity: bytes, message) -> None:
         if isinstance(message, AddRequests):
@@ -195,7 +203,7 @@ class CoreServer:
             self.last_sent[identity] = time.monotonic()
             if message.records_step_stats:
                 self.stats_client = identity
-        elif isinstance(message, Fault):
+        elif isinstance(message, faults.Fault):
             self.core.fault = message
 
     def _send(self, outputs: list[RequestOutput], stats: StepStats | None) -> None:

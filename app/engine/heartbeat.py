@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.engine.stats import StepStats
+from app.engine.protocol import StepStats
 
 HANG_FACTOR = 10.0
 FIRST_STEP_VOUCH = 300.0  # seconds a step may run before any step was measured (e.g. a first huge prefill)

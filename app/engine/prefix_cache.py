@@ -26,7 +26,8 @@ least recently used; otherwise the one that widens it least.
 
 from dataclasses import dataclass, field
 
-from app.engine.sequence import PromptScores, Sequence, Status
+from app.engine.protocol import PromptScores
+from app.engine.sequence import Sequence, Status
 
 BLOCK = 16  # tokens per hashed block
 MAX_CANDIDATES = 8  # slots checked token by token per lookup

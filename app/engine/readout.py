@@ -1,4 +1,4 @@
-"""Reads what requests ask of the model's hidden states (explain, embed: inspection.py) beside the
+"""Reads what requests ask of the model's hidden states (explain, embed: protocol.py) beside the
 forward pass that computes their prompts, chunk by chunk.
 
 Before the forward, `Reader.plan` names the packed rows whose residual stream the model keeps,
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.engine.inspection import POOLINGS, EmbedParams, PositionExplanation, Readout
-from app.engine.sequence import SamplingParams, Sequence
+from app.engine.protocol import POOLINGS, EmbedParams, EngineRequest, PositionExplanation, Readout, SamplingParams
+from app.engine.sequence import Sequence
 from app.model.gpt2 import GPT2, Capture, KVCache
 from app.model.lens import attention_weights, future, logit_lens, top_attention
 
@@ -184,8 +184,6 @@ def reference_statistics(core: "EngineCore", prompts: list[list[int]]) -> Statis
     over these prompts, each embedded by the engine itself as a request would be. Standardising
     with them removes the few dimensions that dominate GPT-2's raw hidden states and make
     unrelated texts' cosine similarity near 1 (Timkey & van Schijndel, 2021)."""
-    from app.engine.protocol import EngineRequest  # the core's message type (no cycle at import time)
-
     if len(prompts) < 2:
         raise ValueError(f"the reference corpus needs at least 2 texts, got {len(prompts)}")
     L = core.runner.model.config.n_layer

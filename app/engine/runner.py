@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from app.engine.graphs import StaticDecoder
+from app.engine.protocol import PromptScores, SamplingParams
 from app.engine.readout import Reader
 from app.engine.sampler import Sampler
 from app.engine.scheduler import SchedulerOutput, StepResult
-from app.engine.sequence import PromptScores, SamplingParams, Sequence
+from app.engine.sequence import Sequence
 from app.model.gpt2 import GPT2, AttentionPlan, KVCache, Prefill
 from app.model.sampling import score_tokens
 

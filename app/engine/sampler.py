@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.engine.sequence import SamplingParams, TokenLogprob
+from app.engine.protocol import SamplingParams, TokenLogprob
 from app.model.sampling import apply_penalties, draw, keep_top_k, keep_top_p, mix64, score_tokens, uniform
 
 

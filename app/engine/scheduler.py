@@ -21,10 +21,9 @@ import time
 from dataclasses import dataclass, field
 
 from app.engine.fair_queue import FairQueue
-from app.engine.inspection import Readout
 from app.engine.prefix_cache import BLOCK, PrefixCache, Reuse, reused_scores
-from app.engine.sequence import FinishReason, PromptScores, RequestOutput, Sequence, Status
-from app.engine.stats import RequestStats
+from app.engine.protocol import FinishReason, PromptScores, Readout, RequestOutput, RequestStats
+from app.engine.sequence import Sequence, Status
 
 LOOKAHEAD = 8  # waiting sequences considered for each free slot
 

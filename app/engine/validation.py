@@ -1,9 +1,7 @@
 """Can the engine ever run this sequence? One pure function, run once per sequence at the front
 door (EngineClient.submit), against the limits the engine reported when it became ready."""
 
-from app.engine.inspection import POOLINGS
-from app.engine.protocol import EngineInfo
-from app.engine.sequence import SamplingParams
+from app.engine.protocol import POOLINGS, EngineInfo, SamplingParams
 
 
 class InvalidRequestError(ValueError):
@@ -38,7 +36,7 @@ def validate_sequence(prompt_token_ids: list[int], params: SamplingParams, info:
 
 
 def validate_readout(n: int, params: SamplingParams, info: EngineInfo) -> None:
-    """explain and embed (inspection.py): positions of this prompt, layers of this model."""
+    """explain and embed (protocol.py): positions of this prompt, layers of this model."""
     explain, embed = params.explain, params.embed
     if explain is not None:
         positions = explain.positions

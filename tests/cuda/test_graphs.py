@@ -9,8 +9,8 @@ import pytest
 
 from app.config import Settings
 from app.engine.graphs import batch_buckets
-from app.engine.sequence import SamplingParams
-from app.service import build_core
+from app.engine.process import build_core
+from app.engine.protocol import SamplingParams
 from tests.unit.test_engine import drive, request, tokens_of
 from tests.unit.test_static_decode import workload
 

@@ -7,7 +7,7 @@ import pytest
 
 from app.api.score import detection
 from app.detect.features import FEATURE_NAMES, features, from_result
-from app.engine.sequence import PromptScores
+from app.engine.protocol import PromptScores
 
 
 def named(values: np.ndarray) -> dict[str, float]:

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from app.engine.protocol import Fault
+from app.engine.faults import Fault, inject
 from tests.integration.conftest import engine_pid, free_port, spawn, start_server, wait_for, wait_ready
 
 
@@ -29,7 +29,7 @@ def test_a_dead_or_hung_engine_fails_every_request_in_flight_and_turns_the_probe
     server = start_server(model=tiny_model_dir, step_timeout=1.0)
     try:
         engine, url = server.engine, server.url
-        engine.inject(Fault(step_delay=0.02))  # keep the requests in flight
+        inject(engine, Fault(step_delay=0.02))  # keep the requests in flight
         long = {"prompt": "Go on", "max_tokens": 400, "ignore_eos": True}
         first, events, answers = threading.Event(), [], []
         streamer = threading.Thread(target=stream_events, args=(url, long, first, events))
@@ -43,7 +43,7 @@ def test_a_dead_or_hung_engine_fails_every_request_in_flight_and_turns_the_probe
         if how == "killed":
             os.kill(engine.info.pid, signal.SIGKILL)
         else:
-            engine.inject(Fault(hang=60))
+            inject(engine, Fault(hang=60))
         wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 503, timeout=10)
         to_503 = time.monotonic() - fault
         streamer.join(30)
@@ -61,7 +61,7 @@ def test_a_dead_or_hung_engine_fails_every_request_in_flight_and_turns_the_probe
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_dead"
         assert "gpt2_engine_up 0.0" in httpx.get(f"{url}/metrics").text
         assert engine.num_unfinished == 0
-        wait_for(lambda: not engine._process.process.is_alive())  # a hung engine is killed, not left behind
+        wait_for(lambda: not engine.supervisor.process.process.is_alive())  # a hung engine is killed, not left behind
         assert to_503 < (2.0 if how == "killed" else 1.0 + 2.0)  # at once / after GPT2_STEP_TIMEOUT
     finally:
         server.stop()
@@ -136,14 +136,14 @@ def test_a_long_step_is_not_taken_for_a_hang_but_a_hang_still_is(tiny_model_dir)
     speed; a small step that hangs is not, and is detected after about GPT2_STEP_TIMEOUT."""
     server = start_server(model=tiny_model_dir, step_timeout=1.0, max_num_batched_tokens=512)
     try:
-        server.engine.inject(Fault(token_delay=0.006))
+        inject(server.engine, Fault(token_delay=0.006))
         http = server.http()
         assert http.post("/v1/completions", json={"prompt": "x", "max_tokens": 8}).status_code == 200
         start = time.monotonic()
         long = http.post("/v1/completions", json={"prompt": [5] * 500, "max_tokens": 2})
         assert long.status_code == 200 and server.engine.is_alive, long.text
         assert time.monotonic() - start > 2.5  # it was one long step indeed
-        server.engine.inject(Fault(hang=60))
+        inject(server.engine, Fault(hang=60))
         start = time.monotonic()
         hung = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 8})
         assert hung.status_code == 503 and hung.json()["error"]["code"] == "engine_dead"

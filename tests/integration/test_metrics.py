@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.api.auth import Callers
 from app.api.lifecycle import Phase
 from app.config import Settings
-from app.engine.protocol import Fault
+from app.engine.faults import Fault, inject
 from tests.integration.conftest import start_server, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,11 +220,11 @@ def test_rejections_by_reason(server):
     finally:
         state.callers = callers
     engine = server.engine
-    engine.capacity, capacity = 0, engine.capacity  # every request finds the engine full
+    engine.admission.capacity, capacity = 0, engine.admission.capacity  # every request finds the engine full
     try:
         assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 429
     finally:
-        engine.capacity = capacity
+        engine.admission.capacity = capacity
     for phase in (Phase.DRAINING, Phase.LOADING):
         state.lifecycle.phase = phase
         try:
@@ -265,7 +265,7 @@ def test_body_too_large_by_content_length(server):
 def test_a_client_that_goes_away_is_an_abort(server):
     before = scrape(server)
     long = {"prompt": "a", "max_tokens": 480, "ignore_eos": True, "stream": True}
-    server.engine.inject(Fault(step_delay=0.01))  # the tiny model is too quick to catch mid-stream
+    inject(server.engine, Fault(step_delay=0.01))  # the tiny model is too quick to catch mid-stream
     try:
         with server.http() as http, http.stream("POST", "/v1/completions", json=long) as response:
             lines = response.iter_lines()  # keep it: a dropped iterator closes the response
@@ -276,7 +276,7 @@ def test_a_client_that_goes_away_is_an_abort(server):
             httpx.post(f"{server.url}/v1/completions", json={**long, "stream": False}, timeout=0.5)
         wait_for(lambda: scrape(server)("gpt2_requests_aborted_total") - before("gpt2_requests_aborted_total") >= 2)
     finally:
-        server.engine.inject(Fault())
+        inject(server.engine, Fault())
     after = scrape(server)
     assert after("gpt2_requests_aborted_total") - before("gpt2_requests_aborted_total") == 2
     assert after("gpt2_requests_total", endpoint="/v1/completions", status="499") - before(

@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from app.api.lifecycle import Phase
-from app.engine.protocol import Fault
+from app.engine.faults import Fault, inject
 from tests.integration.conftest import free_port, start_server
 from tests.integration.test_metrics import alert_exprs, dashboard_exprs
 
@@ -193,7 +193,7 @@ def load(server) -> dict[int, int]:
     engine = server.engine
 
     def slow(delay: float) -> None:  # the tiny model is ~100x quicker than a real one: give gauges and queues a life
-        engine.inject(Fault(step_delay=delay))
+        inject(engine, Fault(step_delay=delay))
 
     def note(response: httpx.Response) -> None:
         with lock:

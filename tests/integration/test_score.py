@@ -353,11 +353,11 @@ def test_more_sequences_than_the_queue_holds_is_400(http):
 
 
 def test_queue_full_is_429_with_retry_after(http, live):
-    saved, live.engine.capacity = live.engine.capacity, 0  # every request finds the engine full
+    saved, live.engine.admission.capacity = live.engine.admission.capacity, 0  # every request finds the engine full
     try:
         response = http.post("/v1/score", json={"input": ["one two", "three four"]})
     finally:
-        live.engine.capacity = saved
+        live.engine.admission.capacity = saved
     assert response.status_code == 429 and response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "queue_full"
     assert live.engine.num_unfinished == 0

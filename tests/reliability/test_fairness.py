@@ -9,7 +9,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.engine.protocol import Fault
+from app.engine.faults import Fault, inject
 from tests.integration.conftest import start_server, wait_for
 
 PROMPTS = 24  # sequences per request of the big caller: three fill the capacity (8 slots + 64 queued)
@@ -22,7 +22,7 @@ def test_one_key_filling_the_queue_does_not_lock_out_or_delay_another(tiny_model
                           max_queue=64, max_num_batched_tokens=256, max_request_share=0.5)
     alpha, beta = ({"Authorization": f"Bearer {key}"} for key in ("alpha", "beta"))
     try:
-        server.engine.inject(Fault(step_delay=0.01))  # alpha's backlog: ~9 rounds of 40 steps, several seconds
+        inject(server.engine, Fault(step_delay=0.01))  # alpha's backlog: ~9 rounds of 40 steps, several seconds
         answers = []
 
         def big() -> None:
@@ -48,7 +48,7 @@ def test_one_key_filling_the_queue_does_not_lock_out_or_delay_another(tiny_model
         assert queued["interactive"][0] < queued["batch"][0] / (3 * PROMPTS)  # less than alpha's mean wait
         wait_for(lambda: server.state.shares.counts.sum() == 0)
     finally:
-        server.engine.inject(Fault())
+        inject(server.engine, Fault())
         server.stop()
 
 

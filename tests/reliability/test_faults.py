@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.engine.protocol import Fault
+from app.engine.faults import Fault, inject
 from app.main import create_app
 from tests.integration.conftest import descendants, free_port, spawn, start_server, wait_for
 
@@ -44,7 +44,7 @@ def assert_idle(live) -> None:
 
 def test_a_failing_step_fails_its_requests_with_500_and_the_server_goes_on(server):
     with keyed(server) as http:
-        server.engine.inject(Fault(failing_steps=1))
+        inject(server.engine, Fault(failing_steps=1))
         failed = http.post("/v1/completions", json={"prompt": "doomed", "max_tokens": 4})
         ok = http.post("/v1/completions", json={"prompt": "fine", "max_tokens": 4})
         assert failed.status_code == 500 and failed.json()["error"]["code"] == "engine_error"
@@ -55,7 +55,7 @@ def test_a_failing_step_fails_its_requests_with_500_and_the_server_goes_on(serve
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_deadline_stops_the_request_and_frees_its_slot(server, stream):
-    server.engine.inject(Fault(step_delay=0.02))  # 400 tokens would take ~8 s
+    inject(server.engine, Fault(step_delay=0.02))  # 400 tokens would take ~8 s
     try:
         with keyed(server) as http:
             start = time.monotonic()
@@ -71,19 +71,19 @@ def test_a_deadline_stops_the_request_and_frees_its_slot(server, stream):
             assert error["code"] == "timeout" and "0.5 s" in error["message"]
             assert time.monotonic() - start < 5
     finally:
-        server.engine.inject(Fault())
+        inject(server.engine, Fault())
     assert_idle(server)
 
 
 def test_the_server_wide_deadline_applies_to_scoring_too(tiny_model_dir):
     live = start_server(model=tiny_model_dir, request_timeout=0.5)
     try:
-        live.engine.inject(Fault(step_delay=0.3))
+        inject(live.engine, Fault(step_delay=0.3))
         texts = [f"text number {i} " * 40 for i in range(30)]  # ~4000 tokens: many steps of 256
         response = live.http().post("/v1/score", json={"input": texts})
         assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
         assert "GPT2_REQUEST_TIMEOUT" in response.json()["error"]["message"]
-        live.engine.inject(Fault())
+        inject(live.engine, Fault())
         assert_idle(live)
     finally:
         live.stop()
@@ -102,7 +102,7 @@ def test_a_client_that_sends_its_body_too_slowly_gets_408(server):
 
 
 def test_one_key_may_have_one_request_in_flight(server):
-    server.engine.inject(Fault(step_delay=0.02))
+    inject(server.engine, Fault(step_delay=0.02))
     try:
         with keyed(server) as http, http.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r:
             lines = r.iter_lines()
@@ -113,7 +113,7 @@ def test_one_key_may_have_one_request_in_flight(server):
         assert second.json()["error"]["code"] == "key_concurrency"
         assert other.status_code == 200
     finally:
-        server.engine.inject(Fault())
+        inject(server.engine, Fault())
     assert_idle(server)
     assert keyed(server).post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
 

@@ -10,8 +10,7 @@ from app.api.limits import Limits
 from app.config import Settings
 from app.engine.admission import RESERVE_SHARE, Admission, QueueFullError, ShareTable, Tenant
 from app.engine.client import EngineClient
-from app.engine.protocol import EngineInfo
-from app.engine.sequence import SamplingParams
+from app.engine.protocol import EngineInfo, EngineRequest, SamplingParams
 
 INFO = EngineInfo(name="m", source="m", device="cpu", dtype="float32", load_format="dummy", max_model_len=64,
                   num_parameters=1, vocab_size=100, eos_token_id=None, max_batch_size=4, tokenizer_dir="",
@@ -106,10 +105,10 @@ def test_the_engine_client_counts_what_it_submits_and_releases_what_ends():
         client = EngineClient(INFO, "ipc:///nonexistent/gpt2-serve-test", max_queue=8, step_timeout=60, admission=a)
         try:
             params = SamplingParams(max_tokens=1)
-            streams = client.submit([(f"r{i}", [1, 2], params) for i in range(6)], ALPHA)
+            streams = client.submit([EngineRequest(f"r{i}", [1, 2], params) for i in range(6)], ALPHA)
             with pytest.raises(QueueFullError):
-                client.submit([("one-more", [1, 2], params)], ALPHA)
-            client.submit([("beta", [1, 2], params)], BETA)  # under its share
+                client.submit([EngineRequest("one-more", [1, 2], params)], ALPHA)
+            client.submit([EngineRequest("beta", [1, 2], params)], BETA)  # under its share
             assert (a.table.held(0, ALPHA.slot), a.table.held(0, BETA.slot)) == (6, 1)
             client.close(streams[:4])
             assert a.table.held(0, ALPHA.slot) == 2

@@ -2,17 +2,21 @@
 exactly what it would get alone, seeds are per request, aborts free slots, failures stay
 contained. (The engine in its own process, behind the client, is tests/integration/test_engine_process.py.)"""
 
+import os
 import random
 import time
 
 import msgspec
 import pytest
 import torch
+import zmq
 
 from app.config import Settings
-from app.engine.protocol import EngineRequest, Fault
-from app.engine.sequence import FinishReason, SamplingParams
-from app.service import build_core
+from app.engine import faults
+from app.engine.core import CoreServer
+from app.engine.faults import Fault
+from app.engine.process import build_core
+from app.engine.protocol import EngineRequest, FinishReason, Hello, SamplingParams, encoder
 from tests.conftest import TINY
 
 
@@ -123,6 +127,29 @@ def test_a_failing_step_fails_its_sequences_and_the_engine_goes_on(core):
     assert fine["fine"][-1].finish_reason is FinishReason.LENGTH and len(tokens_of(fine["fine"])) == 5
     assert_idle(core)
 
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_engine_accepts_a_fault_only_where_the_tests_enable_faults(core, tmp_path, monkeypatch, enabled):
+    """Fault is not part of the protocol: an engine without GPT2_TEST_FAULTS=1 drops it (and goes on)."""
+    if not enabled:
+        monkeypatch.delenv(faults.ENABLE)
+    server = CoreServer(core, f"ipc://{tmp_path}/engine", "cpu", os.getppid())
+    client = zmq.Context.instance().socket(zmq.DEALER)
+    client.connect(f"ipc://{tmp_path}/engine")
+    try:
+        client.send(encoder().encode(Fault(failing_steps=1)))
+        client.send(encoder().encode(Hello()))  # handled after the fault (one connection keeps the order)
+        for _ in range(100):
+            server._receive(100)
+            if server.stats_client is not None:
+                break
+        assert server.stats_client is not None
+        assert core.fault == (Fault(failing_steps=1) if enabled else None)
+    finally:
+        core.fault = None
+        client.close(linger=0)
+        server.socket.close(linger=0)
 
 def test_prompt_scores_from_a_later_token_equal_the_tail_of_full_scores(core):
     prompt = list(range(100, 300))  # 200 tokens: several prefill chunks at a budget of 64

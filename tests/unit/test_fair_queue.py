@@ -6,8 +6,9 @@ import random
 import pytest
 
 from app.engine.fair_queue import FairQueue
+from app.engine.protocol import FinishReason, SamplingParams
 from app.engine.scheduler import Scheduler
-from app.engine.sequence import FinishReason, SamplingParams, Sequence
+from app.engine.sequence import Sequence
 
 
 def seq(name: str, tenant: str = "", prompt: int = 10, max_tokens: int = 10, weight: float = 1.0) -> Sequence:

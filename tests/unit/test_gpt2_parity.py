@@ -3,9 +3,10 @@ scattered cache slots, and decodes and a prefill chunk sharing one forward pass.
 
 import torch
 
+from app.engine.protocol import SamplingParams
 from app.engine.runner import ModelRunner
 from app.engine.scheduler import SchedulerOutput
-from app.engine.sequence import SamplingParams, Sequence
+from app.engine.sequence import Sequence
 from app.model.loader import load_model
 
 TOL = 1e-4

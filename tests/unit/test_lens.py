@@ -9,11 +9,9 @@ import pytest
 import torch
 
 from app.config import Settings
-from app.engine.inspection import EmbedParams, ExplainParams
-from app.engine.protocol import EngineRequest
+from app.engine.process import build_core
+from app.engine.protocol import EmbedParams, EngineRequest, ExplainParams, SamplingParams
 from app.engine.readout import reference_statistics
-from app.engine.sequence import SamplingParams
-from app.service import build_core
 from tests.conftest import TINY
 
 TOL = 1e-4

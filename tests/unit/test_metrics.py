@@ -17,7 +17,7 @@ from app.api.observability import install_metrics
 from app.api.record import RecordDep
 from app.config import Settings
 from app.engine.memory import device_memory_readers
-from app.engine.stats import RequestStats, StepStats
+from app.engine.protocol import RequestStats, StepStats
 from app.logs import JSONFormatter, TextFormatter
 from app.metrics import (
     BATCH_BUCKETS,

@@ -5,8 +5,9 @@ model, reuse on against off, is tests/unit/test_prefix_reuse.py)."""
 import pytest
 
 from app.engine.prefix_cache import BLOCK, PrefixCache, chain_hashes, common_prefix, reusable, reused_scores
+from app.engine.protocol import FinishReason, PromptScores, SamplingParams
 from app.engine.scheduler import LOOKAHEAD, Scheduler, StepResult
-from app.engine.sequence import FinishReason, PromptScores, SamplingParams, Sequence, Status
+from app.engine.sequence import Sequence, Status
 
 CONTEXT = list(range(1000, 1000 + 3 * BLOCK + 5))  # 53 tokens: three whole blocks and a bit
 

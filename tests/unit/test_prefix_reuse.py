@@ -8,9 +8,8 @@ import random
 import pytest
 
 from app.config import Settings
-from app.engine.inspection import EmbedParams, ExplainParams
-from app.engine.sequence import SamplingParams
-from app.service import build_core
+from app.engine.process import build_core
+from app.engine.protocol import EmbedParams, ExplainParams, SamplingParams
 from tests.unit.test_engine import drive, request, tokens_of
 
 TOL = 1e-4  # as the parity tests

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from app.engine.protocol import SamplingParams
 from app.engine.sampler import Sampler
-from app.engine.sequence import SamplingParams
 from app.model.sampling import apply_penalties, keep_top_k, keep_top_p, uniform
 
 V = 50

@@ -2,8 +2,9 @@
 
 import pytest
 
+from app.engine.protocol import FinishReason, SamplingParams
 from app.engine.scheduler import Scheduler, StepResult
-from app.engine.sequence import FinishReason, SamplingParams, Sequence, Status
+from app.engine.sequence import Sequence, Status
 
 
 def seq(name: str, prompt_len: int, max_tokens: int = 64) -> Sequence:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from app.api.score import detection, result
 from app.api.score_plan import ScoredInput
 from app.api.score_schemas import ScoreRequest
-from app.engine.sequence import PromptScores, RequestOutput, SamplingParams
+from app.engine.protocol import PromptScores, RequestOutput, SamplingParams
 from app.scoring import (
     Window,
     fast_detect_gpt,

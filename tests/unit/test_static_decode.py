@@ -10,8 +10,8 @@ import torch
 
 from app.config import Settings
 from app.engine.graphs import batch_buckets, bucket, key_buckets
-from app.engine.sequence import SamplingParams
-from app.service import build_core
+from app.engine.process import build_core
+from app.engine.protocol import SamplingParams
 from tests.unit.test_engine import drive, request, tokens_of
 
 TOL = 1e-4
