@@ -134,7 +134,8 @@ class Settings(BaseSettings, ModelSettings, EngineSettings, HTTPSettings, LimitS
                ObservabilitySettings):
     """Every knob of gpt2-serve. Built in create_app()/the CLI, never at import time."""
 
-    model_config = SettingsConfigDict(env_prefix="GPT2_", env_file=None, extra="ignore")
+    # (hide_input_in_errors: a bad GPT2_API_KEYS must not print the keys in the error)
+    model_config = SettingsConfigDict(env_prefix="GPT2_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -143,12 +144,12 @@ class Settings(BaseSettings, ModelSettings, EngineSettings, HTTPSettings, LimitS
         'no auth'. Unset means no auth (and the server warns at start-up)."""
         keys = [key.strip() for key in value.split(",")] if isinstance(value, str) else value
         if isinstance(keys, list) and (isinstance(value, str) or keys) and not all(keys):
-            raise ValueError("set but holds an empty key; give comma-separated non-empty keys, "
+            raise ValueError("the API keys are set but hold an empty key; give comma-separated non-empty keys, "
                              "or leave it unset to serve without authentication")
         for entry in keys if isinstance(keys, list) else []:
             name, sep, key = entry.partition(":") if isinstance(entry, str) else ("", "", "")
             if sep and not (KEY_CLASS.fullmatch(name) and key):
-                raise ValueError("an entry with a ':' is class:key, the class made of letters, "
+                raise ValueError("an API key entry with a ':' is class:key, the class made of letters, "
                                  "digits, '_', '-' or '.' (at most 32) and the key non-empty; write a key that "
                                  "holds a ':' as default:<key>")
         return keys

@@ -23,6 +23,7 @@ def connect(url: str | None, api_key: str | None, timeout: float, **overrides) -
         return
     from fastapi.testclient import TestClient
 
+    from app.api.lifecycle import Phase
     from app.config import Settings
     from app.main import create_app
 
@@ -32,8 +33,8 @@ def connect(url: str | None, api_key: str | None, timeout: float, **overrides) -
     app = create_app(settings)
     with TestClient(app, headers=headers) as client:  # runs the lifespan: loads the model
         lifecycle = app.state.gpt2.lifecycle
-        while not lifecycle.is_ready:
-            if lifecycle.error is not None:
-                raise RuntimeError(f"the model failed to load: {lifecycle.error}")
+        while lifecycle.phase is Phase.LOADING:
             time.sleep(0.1)
+        if not lifecycle.is_ready:  # failed to load, or the engine died
+            raise RuntimeError(f"the server is not ready ({lifecycle.phase.value}): {lifecycle.reason}")
         yield client

@@ -117,6 +117,9 @@ async def load_service(state: AppState, handle: EngineHandle | None) -> None:
                               state.callers.weights, fair=settings.fair_share)
         engine = await (start_engine(settings, admission) if handle is None
                         else connect_engine(settings, handle, admission))
+        engine.death_listeners.append(state.lifecycle.engine_died)  # a death while the rest loads counts too
+        if not engine.is_alive:  # it died before anyone listened
+            state.lifecycle.engine_died(engine.supervisor.dead)
         tokenizer = await load_tokenizer(engine.info)
         judge = load_judge(settings.detector, engine.info)  # None without GPT2_DETECTOR; refuses another model's
     except asyncio.CancelledError:
@@ -129,9 +132,10 @@ async def load_service(state: AppState, handle: EngineHandle | None) -> None:
         log.critical("start-up failed: %s", exc, exc_info=not isinstance(exc, (OSError, RuntimeError)))
         state.lifecycle.failed(exc)
         return
-    engine.death_listeners.append(state.lifecycle.engine_died)
     state.service = Service(settings, engine.info, tokenizer, engine, judge)
     state.lifecycle.ready(engine)
+    if not state.lifecycle.is_ready:  # the engine died meanwhile: the lifecycle stops the server
+        return
     for hook in state.on_ready:
         hook(state.service)
     # everything made so far lives as long as the server: keep the garbage collector from walking

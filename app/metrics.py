@@ -1,4 +1,5 @@
-"""Prometheus metrics: engine stats and the HTTP edge turned into series (DESIGN.md, "Metrics").
+"""Prometheus metrics: engine stats and the HTTP edge turned into series (this module is where the
+names the team's DESIGN.md lists under "Metrics" are defined).
 
 `Metrics` holds every series of one API process in its own CollectorRegistry (so several apps in
 one process never clash). app/api/observability.py serves it on `GET /metrics` and feeds it the

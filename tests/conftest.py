@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny random GPT-2 in Hugging Face format, with the real tokenizer.
 
 Weights use init std 0.3 (not GPT-2's 0.02): near-flat logits make argmax flip on float noise,
-peaked ones give diverse greedy paths that are stable to rounding (see DESIGN.md)."""
+peaked ones give diverse greedy paths that are stable to rounding."""
 
 import os
 import shutil

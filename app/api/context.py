@@ -1,7 +1,8 @@
 """Per-request context, as a pure ASGI middleware (cheap: no body buffering): the request id (on
-every response, 500s included), the caller (its credentials read once: auth.py), the count of
-requests in flight (for draining), the connection cap, the body size limit and read deadline, and
-the per-key concurrency limit. All of it is decided before a byte of the body is read."""
+every response, 500s included), the caller (its credentials read once: auth.py), the tasks of the
+requests in flight (for draining, and cutting off at its end), the connection cap, the body size
+limit and read deadline, and the per-key concurrency limit. All of it is decided before a byte of
+the body is read."""
 
 import asyncio
 import logging
@@ -102,13 +103,21 @@ class RequestContextMiddleware:
                                code="body_too_large", headers=CLOSE)
             return message
 
-        lifecycle.in_flight += 1
+        task = asyncio.current_task()
+        lifecycle.requests.add(task)
         if counted:
             state.count_request(caller.tenant.slot, 1)
         try:
             await self.app(scope, receive_limited, send_with_id)
         except ClientDisconnected:
             pass  # its work was stopped; there is no one to answer (the request counts as aborted, 499)
+        except asyncio.CancelledError:
+            if not lifecycle.cutting:  # not the drain's end: the server's own shutdown
+                raise
+            task.uncancel()  # cut off at the drain's end (lifecycle.cut_off): answer, or end the stream
+            if not started:
+                await answer(503, "the server is shutting down and this request did not finish in time; retry "
+                             "on another replica", "draining", CLOSE)
         except Exception:
             if started:  # a stream broke mid-way: nothing can be answered any more
                 raise
@@ -116,7 +125,7 @@ class RequestContextMiddleware:
             await answer(500, f"internal server error; request id {request_id} (also in X-Request-ID) finds it "
                          "in the server's log", "internal_error")
         finally:
-            lifecycle.in_flight -= 1
+            lifecycle.requests.discard(task)
             if counted:
                 state.count_request(caller.tenant.slot, -1)
 

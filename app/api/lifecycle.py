@@ -11,9 +11,11 @@ the server's own SIGTERM/SIGINT handler (uvicorn's, under `gpt2-serve serve`, pl
 --factory app.main:create_app` or gunicorn's uvicorn worker): the first signal flips readiness to
 503 and refuses new requests with 503 `draining`, cuts request bodies still arriving, lets admitted
 requests (streams included) finish within GPT2_DRAIN_TIMEOUT, and only then hands over to the
-server's exit. A second signal exits at once. `gpt2-serve serve` adds what needs uvicorn's
-internals (app/server.py): idle keep-alive connections closed as the drain starts, and exit code 0
-after a clean drain (plain uvicorn re-raises the signal, so its exit status is the signal's).
+server's exit; requests still running at that deadline are cut off (their tasks cancelled: a
+stream ends mid-way, a request not yet answered gets 503 `draining`). A second signal cuts them off
+at once. `gpt2-serve serve` adds what needs uvicorn's internals (app/server.py): idle keep-alive
+connections closed as the drain starts, and exit code 0 after a clean drain (plain uvicorn
+re-raises the signal, so its exit status is the signal's).
 """
 
 import asyncio
@@ -66,7 +68,8 @@ class Lifecycle:
         self.reason: str | None = None  # why loading failed or the engine died
         self.error: BaseException | None = None  # the exception loading failed with
         self.drain_timeout = drain_timeout
-        self.in_flight = 0  # HTTP requests being served (probes included)
+        self.requests: set[asyncio.Task] = set()  # the tasks serving HTTP requests (probes included)
+        self.cutting = False  # set when those still running are being cut off (the drain's end)
         self.body_reads: set[asyncio.Timeout] = set()  # deadlines of request bodies being read: cut on drain
         self.on_drain: list[Callable[[], None]] = []  # e.g. the server closing idle connections
         self.stop: Callable[[], None] | None = None  # make the server exit (set by it, or by drain_on_signals)
@@ -102,16 +105,33 @@ class Lifecycle:
         return True
 
     async def drain(self) -> None:
-        """Let admitted requests finish (GPT2_DRAIN_TIMEOUT at most), then stop the server."""
+        """Let admitted requests finish (GPT2_DRAIN_TIMEOUT at most), cut off the rest, then stop
+        the server."""
         log.info("draining (up to %.0f s) before exit", self.drain_timeout)
         deadline = time.monotonic() + self.drain_timeout
         while self.busy and time.monotonic() < deadline and self.phase is Phase.DRAINING:
             await asyncio.sleep(0.05)
+        if self.phase is not Phase.DRAINING:  # the engine died meanwhile: it stops the server itself
+            log.warning("the drain ended: %s", self.reason)
+            return
         if self.busy:
             log.warning("drain timeout: %d requests still running are cut off", self.in_flight)
+            await self.cut_off()
         else:
             log.info("drained: every admitted request has finished")
         self._stop()
+
+    async def cut_off(self) -> None:
+        """Cancel every request still being served, let their cancellations run (each ends its answer:
+        context.py), and abort whatever they left in the engine."""
+        self.cutting = True
+        tasks = list(self.requests)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self._engine is not None:  # a cancelled stream's sequences (its response's close never ran)
+            self._engine.abort_all()
 
     # --- answers -----------------------------------------------------------------------------------
     @property
@@ -121,6 +141,10 @@ class Lifecycle:
     @property
     def draining(self) -> bool:
         return self.phase is Phase.DRAINING
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
 
     @property
     def busy(self) -> bool:
@@ -160,8 +184,15 @@ def drain_on_signals(lifecycle: Lifecycle) -> None:
         if not callable(server_exit):
             continue  # nothing handles it (default or ignored): not ours to change
 
+        async def cut_off_and_exit(signum: int, server_exit) -> None:
+            await lifecycle.cut_off()
+            server_exit(signum, None)
+
         def in_loop(signum: int, server_exit=server_exit) -> None:
-            if not lifecycle.begin_drain():  # loading, dead, failed, or a second signal: exit now
+            if lifecycle.draining:  # a second signal: what still runs is cut off, then exit
+                loop.create_task(cut_off_and_exit(signum, server_exit))
+                return
+            if not lifecycle.begin_drain():  # loading, dead or failed: exit now
                 server_exit(signum, None)
                 return
             log.info("signal %s", signal.Signals(signum).name)

@@ -19,7 +19,7 @@ from app.api.disconnect import time_limit, until_done_or_disconnected
 from app.api.limits import refuse
 from app.api.offload import OffloadRoute, TooManyTokens, encode_texts, json_response
 from app.api.record import RecordDep
-from app.api.score_plan import Pair, ScoredInput, plan
+from app.api.score_plan import Pair, ScoredInput, check_before_tokenizing, plan
 from app.api.score_schemas import (
     NO_JUDGE,
     AttentionLayer,
@@ -58,6 +58,7 @@ router = APIRouter(tags=["scoring"], route_class=OffloadRoute)
 async def create_score(body: ScoreRequest, request: Request, service: ServiceDep, record: RecordDep,
                        limits: LimitsDep) -> Response:
     check_model(service, body.model)
+    check_before_tokenizing(body, service.info, limits)
     pairs = await tokenize(service, body, limits.max_request_tokens)
     planned = plan(body, pairs, service.info, limits)
     request_id = f"score-{uuid.uuid4().hex}"

@@ -11,7 +11,7 @@ door, app/engine/validation.py, for any client.)
 from dataclasses import dataclass
 
 from app.api.errors import APIError
-from app.api.limits import Limits, check_cost, refuse
+from app.api.limits import Limits, check_cost, check_texts, refuse
 from app.api.score_schemas import Explain, ScoreRequest
 from app.engine.protocol import EngineInfo, EngineRequest, SamplingParams
 from app.scoring import Window, plan_windows, window_ends, window_params
@@ -28,7 +28,6 @@ class ScoredInput:
     input_ids: list[int]
     windows: list[Window]
     params: SamplingParams  # every window's, but for the tokens each reports (window_params)
-    explained: list[int] | None  # the positions `explain` reads (in its one window)
 
     @property
     def token_ids(self) -> list[int]:
@@ -55,22 +54,29 @@ def plan(body: ScoreRequest, pairs: list[Pair], info: EngineInfo, limits: Limits
         n = len(context_ids) + len(input_ids)
         explained = None if body.explain is None else explained_positions(body.explain, len(context_ids), n)
         windows = plan_windows(n, len(context_ids) or 1, info.max_model_len, body.stride)
-        inputs.append(ScoredInput(i, context_ids, input_ids, windows, body.to_sampling_params(explained), explained))
+        inputs.append(ScoredInput(i, context_ids, input_ids, windows, body.to_sampling_params(explained)))
     return ScorePlan(inputs, entries)
 
 
-def validate(body: ScoreRequest, pairs: list[Pair], info: EngineInfo, limits: Limits) -> int:
-    """Raise the 400 of the first thing wrong with the request: its stride; an input (empty, a token
-    outside the vocabulary, too long without a window); what it costs (engine sequences, tokens,
-    response entries: counted without building anything); what it asks `explain` for (one window
-    per input, positions that exist, within their limits). Returns the response's per-token entries."""
-    max_len, vocab = info.max_model_len, info.vocab_size
+def check_before_tokenizing(body: ScoreRequest, info: EngineInfo, limits: Limits) -> None:
+    """Raise the 400 of what is wrong before a token is made: how many texts and characters (inputs
+    and contexts together), the stride."""
+    check_texts([*body.inputs(), *(body.contexts() or [])], limits, "input")
+    max_len = info.max_model_len
     if body.stride is not None and body.stride >= max_len:
         raise APIError(400, f"stride must be at most max_model_len - 1 = {max_len - 1}, got {body.stride}",
                        param="stride", code="invalid_value")
     if body.stride is not None and body.stride < limits.min_stride:
         raise refuse(f"stride {body.stride} would make a window every {body.stride} tokens; the smallest stride "
                      f"accepted is {limits.min_stride}", "stride", "min_stride")
+
+
+def validate(body: ScoreRequest, pairs: list[Pair], info: EngineInfo, limits: Limits) -> int:
+    """Raise the 400 of the first thing wrong with the tokenized request: an input (empty, a token
+    outside the vocabulary, too long without a window); what it costs (engine sequences, tokens,
+    response entries: counted without building anything); what it asks `explain` for (one window
+    per input, positions that exist, within their limits). Returns the response's per-token entries."""
+    max_len, vocab = info.max_model_len, info.vocab_size
     several = len(pairs) > 1
     windows = []  # of each input
     for i, (context_ids, input_ids) in enumerate(pairs):

@@ -161,6 +161,10 @@ class EngineClient:
         if ids and self.supervisor.dead is None:
             self.transport.send(AbortRequests(ids))
 
+    def abort_all(self) -> None:
+        """Stop every sequence this client has in the engine (the end of a drain)."""
+        self.abort(list(self.streams))
+
     # --- state, stats and listeners (the parts' own) ---------------------------------------------
     @property
     def num_unfinished(self) -> int:

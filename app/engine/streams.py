@@ -65,6 +65,9 @@ class StreamRouter:
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._streams
 
+    def __iter__(self):
+        return iter(list(self._streams))  # the request ids (a copy: dropping them while iterating is safe)
+
     def open(self, request_id: str, slot: int) -> RequestStream:
         stream = self._streams[request_id] = RequestStream(request_id, slot)
         return stream

@@ -1,5 +1,6 @@
 """The real server process: start-up failure, and graceful drain on SIGTERM."""
 
+import asyncio
 import json
 import signal
 import socket
@@ -8,7 +9,8 @@ import time
 
 import httpx
 
-from tests.integration.conftest import free_port, spawn, wait_for, wait_ready
+from app.engine.faults import Fault, inject
+from tests.integration.conftest import free_port, spawn, start_server, wait_for, wait_ready
 
 
 def test_sigterm_drains_streams_then_exits_zero(tiny_model_dir):
@@ -138,10 +140,45 @@ def start_a_long_stream(url: str) -> tuple[list[str], threading.Thread]:
 
     def stream() -> None:
         body = {"prompt": "go", "max_tokens": 480, "ignore_eos": True, "stream": True}
-        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
-            events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+        try:
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+                events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+        except httpx.RemoteProtocolError:  # the server cut the stream off (the events so far are kept)
+            pass
 
     streaming = threading.Thread(target=stream)
     streaming.start()
     wait_for(lambda: len(events) > 2)
     return events, streaming
+
+
+def test_the_drain_deadline_cuts_off_what_still_runs(tiny_model_dir):
+    """At GPT2_DRAIN_TIMEOUT the requests still running are cut off, however the app is served (here
+    plain uvicorn in a thread): a stream ends mid-way, a request not yet answered gets 503 `draining`,
+    their engine sequences are aborted, and nothing is left in flight."""
+    live = start_server(model=tiny_model_dir, drain_timeout=1.0)
+    try:
+        inject(live.engine, Fault(step_delay=0.05))  # 480 tokens would take 24 s
+        events, streaming = start_a_long_stream(live.url)
+        answers = []
+        waiting = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{live.url}/v1/completions", json={"prompt": "wait", "max_tokens": 400, "ignore_eos": True}, timeout=60)))
+        waiting.start()
+        wait_for(lambda: live.engine.num_unfinished == 2)
+
+        async def drain() -> None:
+            assert live.state.lifecycle.begin_drain()
+            await live.state.lifecycle.drain()
+
+        start = time.monotonic()
+        asyncio.run_coroutine_threadsafe(drain(), live.engine.loop).result(30)
+        streaming.join(30)
+        waiting.join(30)
+        assert 1.0 <= time.monotonic() - start < 10
+        assert 2 < len(events) < 400 and events[-1] != "data: [DONE]"  # ended mid-way
+        assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "draining"
+        wait_for(lambda: live.engine.num_unfinished == 0 and live.state.lifecycle.in_flight == 0)
+    finally:
+        inject(live.engine, Fault())
+        live.stop()
+

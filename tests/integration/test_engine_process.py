@@ -150,3 +150,33 @@ def test_a_long_step_is_not_taken_for_a_hang_but_a_hang_still_is(tiny_model_dir)
         assert time.monotonic() - start < 1.0 + 2.0, "the hang was vouched for too long"
     finally:
         server.stop()
+
+
+def test_an_engine_that_dies_while_the_rest_loads_is_never_reported_ready(tiny_model_dir, monkeypatch):
+    """The death listener is on from the engine's first moment: killed while the tokenizer loads,
+    the app goes to `engine dead` (probes 503, requests 503 engine_dead), not to ready."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    import app.main
+    from app.api.lifecycle import Phase
+    from app.config import Settings
+
+    load_tokenizer = app.main.load_tokenizer
+
+    async def killed_meanwhile(info):
+        os.kill(info.pid, signal.SIGKILL)
+        await asyncio.sleep(1.0)  # the client notices the death while this waits
+        return await load_tokenizer(info)
+
+    monkeypatch.setattr(app.main, "load_tokenizer", killed_meanwhile)
+    served = app.main.create_app(Settings(model=tiny_model_dir, log_format="text"))
+    with TestClient(served) as client:
+        lifecycle = served.state.gpt2.lifecycle
+        wait_for(lambda: lifecycle.phase is not Phase.LOADING, timeout=60)
+        time.sleep(1.5)  # past the tokenizer: nothing may turn it ready now
+        assert lifecycle.phase is Phase.ENGINE_DEAD
+        assert client.get("/readyz").status_code == 503 and client.get("/healthz").status_code == 503
+        refused = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_dead"

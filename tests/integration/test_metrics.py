@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/gpt2-serve.json"
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
 
-# DESIGN.md, "Metrics": family -> Prometheus type
+# the metric contract (the team's DESIGN.md, outside this repository, "Metrics"): family -> Prometheus type
 CONTRACT = {
     "gpt2_request_duration_seconds": "histogram", "gpt2_request_queue_seconds": "histogram",
     "gpt2_time_to_first_token_seconds": "histogram", "gpt2_inter_token_latency_seconds": "histogram",

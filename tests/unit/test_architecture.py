@@ -44,7 +44,7 @@ ROOMS = {
     "service": {"config", "detect", "engine", "engine.process", "model"},  # the API side's composition
     "api": {"config", "detect", "engine", "metrics", "model", "scoring", "service"},
     "main": {"api", "config", "detect", "engine", "logs", "service"},
-    "connection": {"config", "main"},
+    "connection": {"api", "config", "main"},
     "server": {"api", "config", "engine", "engine.process", "logs", "main"},
     "cli": {"config", "connection", "detect", "logs", "model", "server", "train"},
 }

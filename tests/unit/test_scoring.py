@@ -141,7 +141,7 @@ def score_result(s: PromptScores, detect: bool = True, token_ids: list[int] | No
     """app/api/score.py's result for one input without a context, scored in one window."""
     ids = token_ids or list(range(len(s.token_logprobs) + 1))
     windows = plan_windows(len(ids), 1, 1024)
-    item = ScoredInput(0, [], ids, windows, SamplingParams(), None)
+    item = ScoredInput(0, [], ids, windows, SamplingParams())
     service = SimpleNamespace(tokenizer=SimpleNamespace(token_str=str), judge=None)
     return result(item, [RequestOutput("s", prompt_scores=s)] * len(windows), ScoreRequest(input=ids, detect=detect),
                   service)
@@ -248,3 +248,24 @@ def test_bad_requests_name_the_field(body, field):
         ScoreRequest(**body)
     assert info.value.errors()[0]["loc"][0] == field
 
+
+
+def test_texts_and_stride_are_checked_before_a_token_is_made():
+    """Inputs and contexts count together against GPT2_MAX_INPUTS; a bad stride is refused as a stride."""
+    from app.api.errors import APIError
+    from app.api.limits import Limits
+    from app.api.score_plan import check_before_tokenizing
+    from app.engine.protocol import EngineInfo
+
+    info = EngineInfo(name="m", source="m", device="cpu", dtype="float32", load_format="dummy", max_model_len=64,
+                      num_parameters=1, vocab_size=50257, eos_token_id=None, max_batch_size=4, tokenizer_dir="",
+                      memory_total=0.0, memory_used=0.0)
+    limits = Limits(max_inputs=3, max_input_chars=10**6, max_sequences=64, max_request_tokens=10**6,
+                    max_response_entries=10**6, max_logit_bias=300, max_stop_chars=100, min_stride=8)
+    check_before_tokenizing(ScoreRequest(input=["a", "b", "c"]), info, limits)
+    for body, param, code in [(ScoreRequest(input=["a", "b"], context=["x", "y"]), "input", "request_too_large"),
+                              (ScoreRequest(input="a", stride=64), "stride", "invalid_value"),
+                              (ScoreRequest(input="a", stride=4), "stride", "request_too_large")]:
+        with pytest.raises(APIError) as refused:
+            check_before_tokenizing(body, info, limits)
+        assert (refused.value.param, refused.value.code) == (param, code)
