@@ -31,7 +31,7 @@ def build_core(settings: Settings, static_decode: bool | None = None) -> tuple["
     decode step on or off (tests run it eagerly on the CPU)."""
     from app.engine.core import EngineCore
     from app.engine.runner import ModelRunner
-    from app.engine.scheduler import Scheduler
+    from app.engine.scheduler import Scheduler, lens_cost
     from app.model.loader import load_model
 
     loaded = load_model(settings.model, settings.load_format, settings.device, settings.dtype)
@@ -46,7 +46,8 @@ def build_core(settings: Settings, static_decode: bool | None = None) -> tuple["
                          vocab_size=tokenizer.vocab_size, static_decode=static_decode)
     runner.warm_up()
     scheduler = Scheduler(settings.max_batch_size, settings.max_num_batched_tokens, max_model_len,
-                          tokenizer.eos_token_id, settings.prefix_caching)
+                          tokenizer.eos_token_id, settings.prefix_caching,
+                          lens_cost(config.n_layer, config.n_embd, config.vocab_size))
     core = EngineCore(runner, scheduler, settings.seed)
     device, dtype = str(loaded.device), str(loaded.dtype).removeprefix("torch.")
     reference = None

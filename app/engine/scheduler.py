@@ -17,6 +17,8 @@ one joins or leaves, with a version number, so that the runner rebuilds its view
 then.
 """
 
+import bisect
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -69,7 +71,7 @@ class StepResult:
 
 class Scheduler:
     def __init__(self, max_batch_size: int, max_num_batched_tokens: int, max_model_len: int,
-                 eos_token_id: int | None = None, prefix_caching: bool = True):
+                 eos_token_id: int | None = None, prefix_caching: bool = True, lens_cost: float = 0.0):
         if max_num_batched_tokens < max_batch_size:
             raise ValueError("max_num_batched_tokens must be at least max_batch_size, "
                              "so that every running sequence can decode in each step")
@@ -77,6 +79,7 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
         self.eos_token_id = eos_token_id
+        self.lens_cost = lens_cost  # tokens' worth of work one position's logit lens adds (lens_cost())
         self.cache = PrefixCache(max_batch_size, prefix_caching)
         self.waiting = FairQueue()  # shared fairly between tenants (API keys or client addresses)
         self.prefilling: list[Sequence] = []  # in admission order
@@ -170,11 +173,27 @@ class Scheduler:
         out.hit_tokens += seq.num_cached_tokens
         return self._add_chunk(out, seq, budget)
 
-    @staticmethod
-    def _add_chunk(out: SchedulerOutput, seq: Sequence, budget: int) -> int:
-        n = min(seq.num_prompt_tokens - seq.num_computed, budget)
+    def _add_chunk(self, out: SchedulerOutput, seq: Sequence, budget: int) -> int:
+        """Schedule the longest next chunk of the prompt that fits `budget` (one token at least, so
+        a prompt always advances); returns its cost: its tokens, plus lens_cost for each position
+        in it that `explain` reads through the logit lens (L + 1 unembeddings each)."""
+        start = seq.num_computed
+        n = min(seq.num_prompt_tokens - start, budget)
+        cost = n
+        explain = seq.params.explain
+        if explain is not None and explain.lens_top_k and self.lens_cost:
+            positions, first = explain.positions, bisect.bisect_left(explain.positions, start)
+
+            def cost_of(m: int) -> float:
+                return m + self.lens_cost * (bisect.bisect_left(positions, start + m) - first)
+
+            lo, hi = 1, n
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if cost_of(mid) <= budget else (lo, mid - 1)
+            n, cost = lo, math.ceil(cost_of(lo))
         out.prefills.append((seq, n))
-        return n
+        return cost
 
     # --- after the step ------------------------------------------------------------------------
     def update(self, batch: SchedulerOutput, result: StepResult) -> tuple[list[RequestOutput], list[float]]:
@@ -268,3 +287,10 @@ class Scheduler:
         seq.stats = RequestStats(seq.request_id, seq.num_prompt_tokens, len(seq.output_token_ids),
                                  (seq.scheduled_time or now) - seq.arrival_time, ttft, now - seq.arrival_time,
                                  reason.value, scored, seq.num_cached_tokens)
+
+
+def lens_cost(num_layers: int, width: int, vocab_size: int) -> float:
+    """Tokens' worth of compute one position's logit lens adds: L + 1 unembeddings (V x C each),
+    against a token's forward (~12 L C^2 in the blocks, plus its own V x C unembedding). GPT-2
+    small: 4.1."""
+    return (num_layers + 1) * vocab_size * width / (12 * num_layers * width * width + vocab_size * width)

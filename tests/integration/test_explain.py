@@ -74,8 +74,9 @@ def test_explain_equals_transformers_whole_rows_chunked_and_batched(http, live, 
         for entry in explanation["positions"][:: 7 if len(ids) > 100 else 1] + explanation["positions"][-1:]:
             check_position(entry, ids, attentions, lens, 1024, 3)
             assert sum(w for _, w in entry["attention"][0]["mean"]) == pytest.approx(1.0, abs=TOL)  # whole rows
-        assert result["token_logprobs"][1:] == pytest.approx(  # the scores are those without explain
-            score(http, input=ids, top_logprobs=2)["data"][0]["token_logprobs"][1:], abs=1e-6)
+        assert result["token_logprobs"][1:] == pytest.approx(  # the scores are those without explain (within
+            score(http, input=ids, top_logprobs=2)["data"][0]["token_logprobs"][1:], abs=TOL)  # rounding: the lens'
+        # cost in the step's budget chunks an explained prompt differently)
 
 
 def test_explain_top_k_and_chosen_positions_with_a_context(http, hf_model):

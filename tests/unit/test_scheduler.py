@@ -124,3 +124,31 @@ def test_phase_labels():
 def test_budget_smaller_than_batch_is_refused():
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
         Scheduler(max_batch_size=8, max_num_batched_tokens=4, max_model_len=1024)
+
+
+def test_the_logit_lens_counts_in_the_step_budget():
+    """Each position explained through the logit lens costs lens_cost tokens of the step's budget,
+    so a long explained prompt is prefilled in smaller chunks (and decodes keep their pace); a
+    chunk holds one token at least, and positions not explained cost what they always did."""
+    from app.engine.protocol import ExplainParams
+
+    def explained(name: str, positions: list[int], lens: int = 2) -> Sequence:
+        params = SamplingParams(max_tokens=1, explain=ExplainParams(positions, attention_top_k=1, lens_top_k=lens))
+        return Sequence(name, list(range(1, 41)), params)
+
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=10, max_model_len=1024, lens_cost=3.0)
+    sched.add(explained("all", list(range(40))))  # every position: 1 + 3 = 4 tokens' worth each
+    assert [n for _, n in sched.schedule().prefills] == [2]  # 2 x 4 = 8 fits in 10, 3 x 4 = 12 does not
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=10, max_model_len=1024, lens_cost=3.0)
+    sched.add(explained("late", [30, 31]))  # the first chunk explains nothing: a full one
+    assert run_step(sched) == [("late", 10)]
+    assert run_step(sched) == [("late", 10)]
+    assert run_step(sched) == [("late", 10)]  # 20..29: still nothing explained
+    assert run_step(sched) == [("late", 4)]  # 30..33: 4 + 2 x 3 = 10; 30..34 would be 11
+    assert run_step(sched) == [("late", 6)]  # the rest
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=3, max_model_len=1024, lens_cost=3.0)
+    sched.add(explained("tight", [0]))
+    assert [n for _, n in sched.schedule().prefills] == [1]  # 4 > 3, but one token always goes
+    sched = Scheduler(max_batch_size=2, max_num_batched_tokens=10, max_model_len=1024, lens_cost=3.0)
+    sched.add(explained("attention only", list(range(40)), lens=0))
+    assert [n for _, n in sched.schedule().prefills] == [10]
