@@ -32,11 +32,9 @@ prepare_engine_environment()  # as the engine process does, before torch is impo
 
 import torch  # noqa: E402
 
-from app.config import Settings  # noqa: E402
-from app.engine.process import build_core  # noqa: E402
 from app.engine.protocol import EmbedParams, EngineRequest, SamplingParams  # noqa: E402
 from app.model.gpt2 import AttentionPlan, KVCache, Prefill  # noqa: E402
-from bench.score import Server  # noqa: E402
+from bench.score import Server, add_workload_arguments, best_of, build_workload  # noqa: E402
 
 
 def bare_embed(model, cache: KVCache, texts: list[list[int]], per_pass: int) -> float:
@@ -77,24 +75,13 @@ def http_embed(server: Server, texts: list[list[int]], encoding: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gpt2", help="model whose shapes to use (dummy weights)")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--texts", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=256, help="tokens per text")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="GPT2_MAX_NUM_BATCHED_TOKENS")
-    parser.add_argument("--repeats", type=int, default=3)
+    add_workload_arguments(parser)
     parser.add_argument("--http", action="store_true", help="also through HTTP (loads a second model copy)")
     args = parser.parse_args()
 
-    settings = Settings(model=args.model, load_format="dummy", device="cpu", dtype=args.dtype,
-                        max_batch_size=args.texts, max_num_batched_tokens=args.max_num_batched_tokens,
-                        max_queue=max(args.texts, 256), log_format="text", log_level="WARNING", metrics=False)
-    core, info = build_core(settings)
+    settings, core, info, cache, texts = build_workload(args)
     model = core.runner.model
     config = model.config
-    cache = KVCache(config, args.texts, args.tokens, torch.device("cpu"), next(model.parameters()).dtype)
-    gen = torch.Generator().manual_seed(0)
-    texts = torch.randint(0, config.vocab_size, (args.texts, args.tokens), generator=gen).tolist()
     num_tokens = args.texts * args.tokens
     server = Server(settings) if args.http else None
 
@@ -107,18 +94,9 @@ def main() -> None:
     if server is not None:
         runs["http (float)"] = lambda: http_embed(server, texts, "float")
         runs["http (base64)"] = lambda: http_embed(server, texts, "base64")
-    best = {name: float("inf") for name in runs}
-    for run in runs.values():  # warm-up
-        run()
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            best[name] = min(best[name], run())
+    best = best_of(runs, args.repeats, info, args)
     if server is not None:
         server.stop()
-
-    print(f"# {info.source} shapes (dummy weights), {args.dtype}, {torch.get_num_threads()} threads; {args.texts} "
-          f"texts x {args.tokens} tokens; GPT2_MAX_NUM_BATCHED_TOKENS={args.max_num_batched_tokens}; best of "
-          f"{args.repeats}")
     bare = min(v for k, v in best.items() if k.startswith("bare"))
     print(f"{'run':<28} {'seconds':>8} {'tokens/s':>9} {'vs bare':>8}")
     for name, seconds in best.items():

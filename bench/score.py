@@ -124,28 +124,55 @@ class Server:
         self.thread.join(30)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a texts-through-the-model benchmark (this one and bench/embeddings.py)."""
     parser.add_argument("--model", default="gpt2", help="model whose shapes to use (dummy weights)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--texts", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=256, help="tokens per text")
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="GPT2_MAX_NUM_BATCHED_TOKENS")
     parser.add_argument("--repeats", type=int, default=3)
+
+
+def build_workload(args: argparse.Namespace):
+    """(settings, engine core, its info, a KV cache for the bare passes, the random texts) of those arguments."""
+    settings = Settings(model=args.model, load_format="dummy", device="cpu", dtype=args.dtype,
+                        max_batch_size=args.texts, max_num_batched_tokens=args.max_num_batched_tokens,
+                        max_queue=max(args.texts, 256), log_format="text", log_level="WARNING", metrics=False,
+                        prefix_caching=False)  # (every run sends the same texts: reuse would skip the work timed)
+    core, info = build_core(settings)
+    model = core.runner.model
+    cache = KVCache(model.config, args.texts, args.tokens, torch.device("cpu"), next(model.parameters()).dtype)
+    gen = torch.Generator().manual_seed(0)
+    texts = torch.randint(0, model.config.vocab_size, (args.texts, args.tokens), generator=gen).tolist()
+    return settings, core, info, cache, texts
+
+
+def best_of(runs: dict, repeats: int, info, args: argparse.Namespace) -> dict[str, float]:
+    """Each run's best seconds over `repeats` rounds (after one warm-up round), the runs alternated;
+    prints the header line of the report."""
+    best = {name: float("inf") for name in runs}
+    for run in runs.values():  # warm-up
+        run()
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], run())
+    print(f"# {info.source} shapes (dummy weights), {args.dtype}, {torch.get_num_threads()} threads; {args.texts} "
+          f"texts x {args.tokens} tokens; GPT2_MAX_NUM_BATCHED_TOKENS={args.max_num_batched_tokens}; best of "
+          f"{repeats}")
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_workload_arguments(parser)
     parser.add_argument("--http", action="store_true", help="also score through HTTP (loads a second model copy)")
     parser.add_argument("--top-logprobs", type=int, default=0, help="with --http: also a run with this many "
                         "alternatives per token")
     args = parser.parse_args()
 
-    settings = Settings(model=args.model, load_format="dummy", device="cpu", dtype=args.dtype,
-                        max_batch_size=args.texts, max_num_batched_tokens=args.max_num_batched_tokens,
-                        max_queue=max(args.texts, 256), log_format="text", log_level="WARNING", metrics=False)
-    core, info = build_core(settings)
+    settings, core, info, cache, texts = build_workload(args)
     model = core.runner.model
-    config = model.config
-    cache = KVCache(config, args.texts, args.tokens, torch.device("cpu"), next(model.parameters()).dtype)
-    gen = torch.Generator().manual_seed(0)
-    texts = torch.randint(0, config.vocab_size, (args.texts, args.tokens), generator=gen).tolist()
     num_tokens = args.texts * args.tokens
     server = Server(settings) if args.http else None
 
@@ -160,18 +187,9 @@ def main() -> None:
         runs["http (return_tokens)"] = lambda: server.score(texts, return_tokens=True)
         if args.top_logprobs:
             runs[f"http (top_logprobs={args.top_logprobs})"] = lambda: server.score(texts, True, args.top_logprobs)
-    best = {name: float("inf") for name in runs}
-    for run in runs.values():  # warm-up
-        run()
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            best[name] = min(best[name], run())
+    best = best_of(runs, args.repeats, info, args)
     if server is not None:
         server.stop()
-
-    print(f"# {info.source} shapes (dummy weights), {args.dtype}, {torch.get_num_threads()} threads; {args.texts} "
-          f"texts x {args.tokens} tokens; GPT2_MAX_NUM_BATCHED_TOKENS={args.max_num_batched_tokens}; best of "
-          f"{args.repeats}")
     bare = min(v for k, v in best.items() if k.startswith("bare"))  # the faster bare pass is the reference
     print(f"{'run':<26} {'seconds':>8} {'tokens/s':>9} {'vs bare':>8}")
     for name, seconds in best.items():

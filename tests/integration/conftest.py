@@ -142,3 +142,17 @@ def live(tiny_model_dir):
     server = start_server(model=tiny_model_dir, served_model_name="tiny-gpt2", min_stride=1, max_request_share=1.0)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(live):
+    """A client of the shared test server."""
+    with httpx.Client(base_url=live.url, timeout=120) as client:
+        yield client
+
+
+def score(http, **body) -> dict:
+    """POST /v1/score, which must answer 200: its JSON."""
+    response = http.post("/v1/score", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()

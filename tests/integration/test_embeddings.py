@@ -17,12 +17,6 @@ TEXTS = ["The cat sat on the mat.", "A dog slept on the rug by the fire.", "Colo
          "In the beginning God created the heaven and the earth."]
 
 
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.url, timeout=120) as client:
-        yield client
-
-
 def hidden_states(hf_model, ids: list[int]) -> list[torch.Tensor]:
     """transformers' hidden states [L + 1] of [n, C], float64 (the last one after ln_f)."""
     with torch.no_grad():

@@ -9,21 +9,10 @@ import pytest
 import torch
 
 from tests.conftest import TINY
+from tests.integration.conftest import score
 
 TOL = 1e-4
 L, H = TINY["n_layer"], TINY["n_head"]
-
-
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.url, timeout=120) as client:
-        yield client
-
-
-def score(http, **body) -> dict:
-    response = http.post("/v1/score", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def reference(hf_model, ids: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -15,22 +15,10 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.scoring import plan_windows
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import score, wait_for
 
 TOL = 1e-4
 MAX_LEN = 512  # the tiny model's n_positions
-
-
-@pytest.fixture(scope="module")
-def http(live):
-    with httpx.Client(base_url=live.url, timeout=120) as client:
-        yield client
-
-
-def score(http, **body) -> dict:
-    response = http.post("/v1/score", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def random_ids(rng: random.Random, n: int) -> list[int]:
